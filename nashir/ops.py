@@ -1,0 +1,763 @@
+"""The op table: one :class:`OpSpec` per supported op, with ONNX names and ONNX attribute meaning.
+
+Each entry gives the op's inputs (and which are parameters), attribute defaults as ONNX defines
+them (semantics of ONNX opset 17; older forms are normalised on import), shape inference,
+parameter and multiply-accumulate (MAC) counts, and the *channel behaviour* and *sign behaviour*
+that the morphism analyses use (DESIGN.md section 5). Adding an op is adding one entry.
+
+Shapes are tuples in NCHW order; the batch dimension may be a symbol (a ``str`` such as ``"N"``).
+Weights follow ONNX layouts: Conv ``W`` is OIHW ``(C_out, C_in/group, kH, kW)``, Gemm ``W`` is
+``(out, in)`` (always normalised so that ``transB=1``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from nashir.errors import OpError, ShapeError
+
+Dim = int | str
+Shape = tuple[Dim, ...]
+
+REQUIRED = object()
+
+# Channel behaviours (DESIGN.md section 5, "Channel flow").
+TRANSPARENT = "transparent"
+PER_CHANNEL = "per-channel"
+ABSORBER = "absorber"
+FLATTEN = "flatten"
+CONCAT = "concat"
+COUPLER = "coupler"
+BLOCKER = "blocker"
+
+
+@dataclass(frozen=True)
+class AttrSpec:
+    """One attribute: its kind (``int``, ``float``, ``ints``, ``floats``, ``string``) and default."""
+
+    kind: str
+    default: Any = REQUIRED
+
+
+@dataclass
+class OpSpec:
+    """One op of the table.
+
+    Attributes:
+        op_type: ONNX op name.
+        min_inputs, max_inputs: arity of the input list (optional trailing inputs may be absent).
+        param_inputs: indices of inputs that are parameters (must be constant Values).
+        n_outputs: number of outputs the IR keeps.
+        attrs: attribute name -> :class:`AttrSpec` with ONNX default.
+        infer: ``infer(node_attrs, input_shapes, input_consts) -> list of output shapes``; raises ShapeError.
+        macs: ``macs(attrs, input_shapes, output_shapes) -> int`` multiply-accumulates per sample.
+        channel: ``channel(node) -> behaviour`` (one of the behaviour constants) for the channel analysis.
+        sign: ``sign(node, input_nonneg: list[bool]) -> bool``: output known non-negative.
+        check: optional extra attribute/shape validation raising OpError.
+    """
+
+    op_type: str
+    min_inputs: int
+    max_inputs: int
+    infer: Callable[..., list[Shape]]
+    param_inputs: frozenset[int] = frozenset()
+    n_outputs: int = 1
+    attrs: dict[str, AttrSpec] = field(default_factory=dict)
+    macs: Callable[..., int] = lambda attrs, ins, outs: 0
+    channel: Callable[[Any], str] = lambda node: BLOCKER
+    sign: Callable[[Any, list[bool]], bool] = lambda node, nonneg: False
+    check: Callable[..., None] | None = None
+
+
+OPS: dict[str, OpSpec] = {}
+
+
+def register_op(spec: OpSpec) -> OpSpec:
+    """Add ``spec`` to the op table (replacing an entry of the same name) and return it."""
+    OPS[spec.op_type] = spec
+    return spec
+
+
+def get_op(op_type: str) -> OpSpec:
+    """Return the entry for ``op_type``.
+
+    Raises:
+        OpError: the op is not in the table; the message lists the supported ops.
+    """
+    try:
+        return OPS[op_type]
+    except KeyError:
+        raise OpError(
+            f"op {op_type!r} is not in nashir's op table; supported: {', '.join(sorted(OPS))}"
+        ) from None
+
+
+def supported_ops() -> list[str]:
+    """Sorted names of every op in the table."""
+    return sorted(OPS)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _prod(xs: Sequence[int]) -> int:
+    out = 1
+    for x in xs:
+        out *= int(x)
+    return out
+
+
+def _is_int(d: Dim) -> bool:
+    return isinstance(d, int)
+
+
+def _need_rank(shape: Shape, rank: int, what: str) -> None:
+    if shape is None or len(shape) != rank:
+        raise ShapeError(f"{what}: expected rank {rank}, got shape {_fmt(shape)}")
+
+
+def _fmt(shape) -> str:
+    if shape is None:
+        return "unknown"
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+def _spatial_attrs(attrs: dict, nsp: int, kernel: Sequence[int]) -> tuple[list, list, list]:
+    strides = list(attrs.get("strides") or [1] * nsp)
+    dil = list(attrs.get("dilations") or [1] * nsp)
+    pads = list(attrs.get("pads") or [0] * (2 * nsp))
+    if len(strides) != nsp or len(dil) != nsp or len(pads) != 2 * nsp or len(kernel) != nsp:
+        raise ShapeError(
+            f"kernel_shape {list(kernel)}, strides {strides}, dilations {dil}, pads {pads} do not fit "
+            f"{nsp} spatial dimension(s) (pads needs {2 * nsp} values: begins then ends)"
+        )
+    if any(s < 1 for s in strides) or any(d < 1 for d in dil) or any(k < 1 for k in kernel):
+        raise ShapeError(f"strides {strides}, dilations {dil} and kernel {list(kernel)} must be >= 1")
+    if any(p < 0 for p in pads):
+        raise ShapeError(f"pads {pads} must be >= 0")
+    return strides, dil, pads
+
+
+def window_out(
+    size: Dim, k: int, stride: int, dil: int, pad_b: int, pad_e: int, ceil_mode: bool = False
+) -> Dim:
+    """Output length of a sliding window (ONNX Conv/MaxPool/AveragePool; torch's rule for ceil_mode).
+
+    ``out = floor_or_ceil((size + pad_b + pad_e - dil*(k-1) - 1) / stride) + 1``; with ceil_mode the
+    last window must start inside the input or the begin padding, else it is dropped.
+
+    Raises:
+        ShapeError: the window does not fit (output length < 1).
+    """
+    if not _is_int(size):
+        return size
+    eff = dil * (k - 1) + 1
+    span = size + pad_b + pad_e - eff
+    if span < 0:
+        raise ShapeError(
+            f"window of effective size {eff} (kernel {k}, dilation {dil}) does not fit an input of "
+            f"{size} with pads ({pad_b},{pad_e})"
+        )
+    if ceil_mode:
+        out = -(-span // stride) + 1
+        if (out - 1) * stride >= size + pad_b:
+            out -= 1
+    else:
+        out = span // stride + 1
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Conv
+
+
+def _conv_infer(attrs, shapes, consts):
+    x, w = shapes[0], shapes[1]
+    if x is None or len(x) < 3:
+        raise ShapeError(f"Conv input must be N x C x spatial..., got {_fmt(x)}")
+    nsp = len(x) - 2
+    _need_rank(w, nsp + 2, "Conv weight (OIHW)")
+    group = attrs["group"]
+    kernel = attrs.get("kernel_shape") or list(w[2:])
+    if list(kernel) != list(w[2:]):
+        raise ShapeError(f"kernel_shape {list(kernel)} does not match the weight's spatial dims {list(w[2:])}")
+    if group < 1:
+        raise ShapeError(f"group must be >= 1, got {group}")
+    c_in = x[1]
+    if _is_int(c_in) and w[1] * group != c_in:
+        raise ShapeError(
+            f"weight OIHW {_fmt(w)} with group={group} expects {w[1] * group} input channels, "
+            f"the input has {c_in}"
+        )
+    if w[0] % group != 0:
+        raise ShapeError(f"output channels {w[0]} are not divisible by group={group}")
+    if len(shapes) > 2 and shapes[2] is not None and tuple(shapes[2]) != (w[0],):
+        raise ShapeError(f"bias shape {_fmt(shapes[2])} must be [{w[0]}] (one per output channel)")
+    strides, dil, pads = _spatial_attrs(attrs, nsp, kernel)
+    out = [x[0], w[0]]
+    for i in range(nsp):
+        out.append(window_out(x[2 + i], kernel[i], strides[i], dil[i], pads[i], pads[i + nsp]))
+    return [tuple(out)]
+
+
+def _conv_macs(attrs, ins, outs):
+    w = ins[1]
+    o = outs[0]
+    if not all(_is_int(d) for d in o[1:]):
+        return 0
+    return _prod(o[1:]) * _prod(w[1:])
+
+
+def _conv_channel(node):
+    g = node.attrs["group"]
+    if g == 1:
+        return ABSORBER
+    w = node.inputs[1].shape
+    cin = node.inputs[0].shape[1] if node.inputs[0].shape else None
+    if w is not None and w[1] == 1 and cin == g and w[0] == g:
+        return PER_CHANNEL  # depthwise, channel multiplier 1
+    return BLOCKER
+
+
+_CONV_ATTRS = {
+    "auto_pad": AttrSpec("string", "NOTSET"),
+    "dilations": AttrSpec("ints", None),
+    "group": AttrSpec("int", 1),
+    "kernel_shape": AttrSpec("ints", None),
+    "pads": AttrSpec("ints", None),
+    "strides": AttrSpec("ints", None),
+}
+
+
+def _check_notset(attrs, node_name):
+    if attrs.get("auto_pad", "NOTSET") != "NOTSET":
+        raise OpError(
+            f"node {node_name!r}: auto_pad={attrs['auto_pad']!r} must be resolved to explicit pads in the IR "
+            "(the ONNX importer does this); set auto_pad='NOTSET' and give pads"
+        )
+
+
+register_op(
+    OpSpec(
+        "Conv", 2, 3, _conv_infer, param_inputs=frozenset({1, 2}), attrs=_CONV_ATTRS,
+        macs=_conv_macs, channel=_conv_channel,
+        check=lambda attrs, name: _check_notset(attrs, name),
+    )
+)
+
+
+# --------------------------------------------------------------------------------------------
+# BatchNormalization
+
+
+def _bn_infer(attrs, shapes, consts):
+    x = shapes[0]
+    if x is None or len(x) < 2:
+        raise ShapeError(f"BatchNormalization input must be N x C x ..., got {_fmt(x)}")
+    c = x[1]
+    for i, nm in zip(range(1, 5), ("scale", "B", "mean", "var")):
+        if tuple(shapes[i]) != (c,):
+            raise ShapeError(f"BatchNormalization {nm} has shape {_fmt(shapes[i])}, expected [{c}] (one per channel)")
+    return [tuple(x)]
+
+
+register_op(
+    OpSpec(
+        "BatchNormalization", 5, 5, _bn_infer, param_inputs=frozenset({1, 2, 3, 4}),
+        attrs={"epsilon": AttrSpec("float", 1e-5), "momentum": AttrSpec("float", 0.9)},
+        macs=lambda a, i, o: _prod([d for d in o[0][1:] if _is_int(d)]) if o[0] else 0,
+        channel=lambda node: PER_CHANNEL,
+    )
+)
+
+
+# --------------------------------------------------------------------------------------------
+# element-wise activations
+
+
+def _same(attrs, shapes, consts):
+    return [tuple(shapes[0])] if shapes[0] is not None else [None]
+
+
+def _all_nonneg(node, nonneg):
+    return bool(nonneg) and bool(nonneg[0])
+
+
+for _op, _attrs, _sign in [
+    ("Relu", {}, lambda n, s: True),
+    ("LeakyRelu", {"alpha": AttrSpec("float", 0.01)}, lambda n, s: False),
+    ("Sigmoid", {}, lambda n, s: True),
+    ("Tanh", {}, _all_nonneg),
+    ("Identity", {}, _all_nonneg),
+    ("Dropout", {"seed": AttrSpec("int", None)}, _all_nonneg),
+]:
+    register_op(
+        OpSpec(_op, 1, 1, _same, attrs=dict(_attrs), channel=lambda node: TRANSPARENT, sign=_sign)
+    )
+
+
+def _clip_sign(node, nonneg):
+    lo = node.inputs[1] if len(node.inputs) > 1 else None
+    if lo is not None and lo.const is not None and float(lo.const) >= 0:
+        return True
+    return _all_nonneg(node, nonneg)
+
+
+def _clip_infer(attrs, shapes, consts):
+    for i in (1, 2):
+        if i < len(shapes) and shapes[i] is not None and len(shapes[i]) != 0:
+            raise ShapeError(f"Clip min/max must be scalars, got {_fmt(shapes[i])}")
+    return _same(attrs, shapes, consts)
+
+
+register_op(
+    OpSpec("Clip", 1, 3, _clip_infer, param_inputs=frozenset({1, 2}), channel=lambda n: TRANSPARENT,
+           sign=_clip_sign)
+)
+
+register_op(
+    OpSpec(
+        "LRN", 1, 1, _same,
+        attrs={"alpha": AttrSpec("float", 1e-4), "beta": AttrSpec("float", 0.75),
+               "bias": AttrSpec("float", 1.0), "size": AttrSpec("int")},
+        macs=lambda a, i, o: _prod([d for d in o[0][1:] if _is_int(d)]) * a["size"],
+        channel=lambda n: BLOCKER, sign=_all_nonneg,
+    )
+)
+
+
+# --------------------------------------------------------------------------------------------
+# pooling
+
+
+def _pool_infer(attrs, shapes, consts):
+    x = shapes[0]
+    if x is None or len(x) < 3:
+        raise ShapeError(f"pooling input must be N x C x spatial..., got {_fmt(x)}")
+    nsp = len(x) - 2
+    kernel = attrs["kernel_shape"]
+    strides, dil, pads = _spatial_attrs(attrs, nsp, kernel)
+    for i in range(nsp):
+        if pads[i] >= kernel[i] or pads[i + nsp] >= kernel[i]:
+            raise ShapeError(f"pads {pads} must be smaller than kernel_shape {list(kernel)} for pooling")
+    out = [x[0], x[1]]
+    for i in range(nsp):
+        out.append(window_out(x[2 + i], kernel[i], strides[i], dil[i], pads[i], pads[i + nsp],
+                              bool(attrs.get("ceil_mode", 0))))
+    return [tuple(out)]
+
+
+def _pool_macs(attrs, ins, outs):
+    o = outs[0]
+    if not all(_is_int(d) for d in o[1:]):
+        return 0
+    return _prod(o[1:]) * _prod(attrs["kernel_shape"])
+
+
+_POOL_COMMON = {
+    "auto_pad": AttrSpec("string", "NOTSET"),
+    "ceil_mode": AttrSpec("int", 0),
+    "dilations": AttrSpec("ints", None),
+    "kernel_shape": AttrSpec("ints"),
+    "pads": AttrSpec("ints", None),
+    "strides": AttrSpec("ints", None),
+}
+
+register_op(
+    OpSpec("MaxPool", 1, 1, _pool_infer, attrs={**_POOL_COMMON, "storage_order": AttrSpec("int", 0)},
+           macs=_pool_macs, channel=lambda n: TRANSPARENT, sign=_all_nonneg,
+           check=lambda attrs, name: _check_notset(attrs, name))
+)
+register_op(
+    OpSpec("AveragePool", 1, 1, _pool_infer,
+           attrs={**_POOL_COMMON, "count_include_pad": AttrSpec("int", 0)},
+           macs=_pool_macs, channel=lambda n: TRANSPARENT, sign=_all_nonneg,
+           check=lambda attrs, name: _check_notset(attrs, name))
+)
+
+
+def _gap_infer(attrs, shapes, consts):
+    x = shapes[0]
+    if x is None or len(x) < 3:
+        raise ShapeError(f"GlobalAveragePool input must be N x C x spatial..., got {_fmt(x)}")
+    return [tuple(x[:2]) + (1,) * (len(x) - 2)]
+
+
+register_op(
+    OpSpec("GlobalAveragePool", 1, 1, _gap_infer,
+           macs=lambda a, i, o: _prod([d for d in i[0][1:] if _is_int(d)]),
+           channel=lambda n: TRANSPARENT, sign=_all_nonneg)
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Flatten, Reshape, Transpose, Softmax
+
+
+def _flatten_infer(attrs, shapes, consts):
+    x = shapes[0]
+    axis = attrs["axis"]
+    r = len(x)
+    if axis < 0:
+        axis += r
+    if not 0 <= axis <= r:
+        raise ShapeError(f"Flatten axis {attrs['axis']} is out of range for rank {r}")
+    head, tail = x[:axis], x[axis:]
+    a = _prod(head) if all(_is_int(d) for d in head) else (head[0] if len(head) == 1 else "?")
+    b = _prod(tail) if all(_is_int(d) for d in tail) else "?"
+    return [(a, b)]
+
+
+def _flatten_channel(node):
+    x = node.inputs[0].shape
+    if node.attrs["axis"] == 1 and x is not None and len(x) >= 2:
+        return FLATTEN
+    return BLOCKER
+
+
+register_op(
+    OpSpec("Flatten", 1, 1, _flatten_infer, attrs={"axis": AttrSpec("int", 1)},
+           channel=_flatten_channel, sign=_all_nonneg)
+)
+
+
+def reshape_target(in_shape: Shape, target: Sequence[int], allowzero: int = 0) -> Shape:
+    """Resolve an ONNX Reshape target (``0`` copies the input dim unless allowzero, ``-1`` is inferred).
+
+    Raises:
+        ShapeError: more than one -1, or a total size that does not divide.
+    """
+    target = [int(t) for t in target]
+    out: list[Dim] = []
+    for i, t in enumerate(target):
+        if t == 0 and not allowzero:
+            if i >= len(in_shape):
+                raise ShapeError(f"Reshape target {target}: 0 at position {i} but the input has rank {len(in_shape)}")
+            out.append(in_shape[i])
+        else:
+            out.append(t)
+    if out.count(-1) > 1:
+        raise ShapeError(f"Reshape target {target} has more than one -1")
+    known_in = [d for d in in_shape if _is_int(d)]
+    sym_in = [d for d in in_shape if not _is_int(d)]
+    if -1 in out:
+        rest = [d for d in out if d != -1]
+        sym_out = [d for d in rest if not _is_int(d)]
+        if sorted(map(str, sym_out)) == sorted(map(str, sym_in)):
+            total = _prod(known_in)
+            part = _prod([d for d in rest if _is_int(d)])
+            if part == 0 or total % part:
+                raise ShapeError(f"cannot reshape {_fmt(in_shape)} to {target}: sizes do not divide")
+            out[out.index(-1)] = total // part
+        elif len(sym_in) == 1 and not sym_out:
+            out[out.index(-1)] = sym_in[0] if _prod(known_in) == _prod([d for d in rest if _is_int(d)]) else "?"
+        else:
+            out[out.index(-1)] = "?"
+    elif not sym_in and _prod(out) != _prod(known_in):
+        raise ShapeError(f"cannot reshape {_fmt(in_shape)} ({_prod(known_in)} elements) to {target}")
+    return tuple(out)
+
+
+def _reshape_infer(attrs, shapes, consts):
+    shp = consts[1]
+    if shp is None:
+        raise ShapeError("Reshape's shape input must be a constant in the IR")
+    if shapes[1] is None or len(shapes[1]) != 1:
+        raise ShapeError(f"Reshape's shape input must be 1-D, got {_fmt(shapes[1])}")
+    return [reshape_target(shapes[0], shp.tolist(), attrs.get("allowzero", 0))]
+
+
+register_op(
+    OpSpec("Reshape", 2, 2, _reshape_infer, param_inputs=frozenset({1}),
+           attrs={"allowzero": AttrSpec("int", 0)}, sign=_all_nonneg)
+)
+
+
+def _transpose_infer(attrs, shapes, consts):
+    x = shapes[0]
+    perm = attrs.get("perm") or list(range(len(x)))[::-1]
+    if sorted(perm) != list(range(len(x))):
+        raise ShapeError(f"Transpose perm {list(perm)} is not a permutation of the {len(x)} axes")
+    return [tuple(x[p] for p in perm)]
+
+
+register_op(
+    OpSpec("Transpose", 1, 1, _transpose_infer, attrs={"perm": AttrSpec("ints", None)}, sign=_all_nonneg)
+)
+
+
+def _softmax_infer(attrs, shapes, consts):
+    x = shapes[0]
+    ax = attrs["axis"]
+    if not -len(x) <= ax < len(x):
+        raise ShapeError(f"Softmax axis {ax} is out of range for rank {len(x)}")
+    return [tuple(x)]
+
+
+register_op(
+    OpSpec("Softmax", 1, 1, _softmax_infer, attrs={"axis": AttrSpec("int", -1)},
+           macs=lambda a, i, o: 3 * _prod([d for d in o[0][1:] if _is_int(d)]),
+           sign=lambda n, s: True)
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Gemm
+
+
+def _gemm_infer(attrs, shapes, consts):
+    a, w = shapes[0], shapes[1]
+    _need_rank(a, 2, "Gemm input A")
+    _need_rank(w, 2, "Gemm weight W [out, in]")
+    if attrs["transA"] != 0 or attrs["transB"] != 1:
+        raise ShapeError(
+            f"the IR keeps Gemm as Y = alpha * A @ W.T + beta * C with W [out, in] (transA=0, transB=1); "
+            f"got transA={attrs['transA']}, transB={attrs['transB']}"
+        )
+    if _is_int(a[1]) and a[1] != w[1]:
+        raise ShapeError(f"Gemm input has {a[1]} features, weight W {_fmt(w)} [out, in] expects {w[1]}")
+    if len(shapes) > 2 and shapes[2] is not None and tuple(shapes[2]) not in ((w[0],), (1, w[0])):
+        raise ShapeError(f"Gemm bias shape {_fmt(shapes[2])} must be [{w[0]}]")
+    return [(a[0], w[0])]
+
+
+def _gemm_check(attrs, name):
+    if attrs["alpha"] != 1.0 or attrs["beta"] != 1.0:
+        raise OpError(
+            f"node {name!r}: the IR keeps Gemm with alpha=1 and beta=1 (scale the weights instead); "
+            f"got alpha={attrs['alpha']}, beta={attrs['beta']}"
+        )
+
+
+register_op(
+    OpSpec(
+        "Gemm", 2, 3, _gemm_infer, param_inputs=frozenset({1, 2}),
+        attrs={"alpha": AttrSpec("float", 1.0), "beta": AttrSpec("float", 1.0),
+               "transA": AttrSpec("int", 0), "transB": AttrSpec("int", 1)},
+        macs=lambda a, i, o: int(i[1][0]) * int(i[1][1]),
+        channel=lambda node: ABSORBER, check=_gemm_check,
+    )
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Add, Mul (broadcasting), Concat
+
+
+def broadcast(a: Shape, b: Shape) -> Shape:
+    """Numpy/ONNX multidirectional broadcasting of two shapes.
+
+    Raises:
+        ShapeError: the shapes do not broadcast.
+    """
+    r = max(len(a), len(b))
+    a2 = (1,) * (r - len(a)) + tuple(a)
+    b2 = (1,) * (r - len(b)) + tuple(b)
+    out = []
+    for x, y in zip(a2, b2):
+        if x == y:
+            out.append(x)
+        elif x == 1:
+            out.append(y)
+        elif y == 1:
+            out.append(x)
+        else:
+            raise ShapeError(f"shapes {_fmt(a)} and {_fmt(b)} do not broadcast")
+    return tuple(out)
+
+
+def _binary_infer(attrs, shapes, consts):
+    return [broadcast(shapes[0], shapes[1])]
+
+
+def per_channel_const(node) -> int | None:
+    """For Add/Mul of a data value by a constant of shape (C,1,..,1) / (1,C,1,..,1) / scalar, return the
+    index of the data input; else None."""
+    if len(node.inputs) != 2:
+        return None
+    a, b = node.inputs
+    for di, ci in ((0, 1), (1, 0)):
+        d, c = (a, b)[di], (a, b)[ci]
+        if d.const is None and c.const is not None and d.shape is not None and len(d.shape) >= 2:
+            cs = tuple(c.const.shape)
+            r = len(d.shape)
+            full = (1,) * (r - len(cs)) + cs
+            if len(cs) <= r and all(x == 1 for i, x in enumerate(full) if i != 1):
+                return di
+    return None
+
+
+def _binary_channel(node):
+    if per_channel_const(node) is not None:
+        return PER_CHANNEL
+    if node.op_type == "Add" and all(v.const is None for v in node.inputs):
+        if node.inputs[0].shape == node.inputs[1].shape:
+            return COUPLER
+    return BLOCKER
+
+
+def _add_sign(node, nonneg):
+    def ok(i):
+        v = node.inputs[i]
+        if v.const is not None:
+            return bool((v.const >= 0).all())
+        return nonneg[i]
+
+    return ok(0) and ok(1)
+
+
+def _mul_sign(node, nonneg):
+    return _add_sign(node, nonneg)
+
+
+register_op(OpSpec("Add", 2, 2, _binary_infer, macs=lambda a, i, o: 0, channel=_binary_channel, sign=_add_sign))
+register_op(
+    OpSpec("Mul", 2, 2, _binary_infer,
+           macs=lambda a, i, o: _prod([d for d in o[0][1:] if _is_int(d)]),
+           channel=_binary_channel, sign=_mul_sign)
+)
+
+
+def _concat_infer(attrs, shapes, consts):
+    r = len(shapes[0])
+    ax = attrs["axis"]
+    if ax < 0:
+        ax += r
+    if not 0 <= ax < r:
+        raise ShapeError(f"Concat axis {attrs['axis']} is out of range for rank {r}")
+    out = list(shapes[0])
+    total: Dim = 0
+    for s in shapes:
+        if len(s) != r:
+            raise ShapeError(f"Concat inputs have different ranks: {[_fmt(t) for t in shapes]}")
+        for i in range(r):
+            if i != ax and s[i] != out[i]:
+                raise ShapeError(
+                    f"Concat inputs differ outside axis {ax}: {[_fmt(t) for t in shapes]}"
+                )
+        total = total + s[ax] if _is_int(total) and _is_int(s[ax]) else "?"
+    out[ax] = total
+    return [tuple(out)]
+
+
+def _concat_channel(node):
+    ax = node.attrs["axis"]
+    r = len(node.inputs[0].shape) if node.inputs[0].shape else 0
+    return CONCAT if ax == 1 or (ax < 0 and ax + r == 1) else BLOCKER
+
+
+register_op(
+    OpSpec("Concat", 1, 1 << 20, _concat_infer, attrs={"axis": AttrSpec("int")},
+           channel=_concat_channel,
+           sign=lambda n, s: all(s[i] or (v.const is not None and (v.const >= 0).all())
+                                 for i, v in enumerate(n.inputs)))
+)
+
+
+# --------------------------------------------------------------------------------------------
+# attribute normalisation
+
+
+def _coerce(kind: str, value: Any, name: str, node_name: str) -> Any:
+    try:
+        if kind == "int":
+            if isinstance(value, bool) or int(value) != value:
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "ints":
+            vals = list(value)
+            if any(isinstance(v, bool) or int(v) != v for v in vals):
+                raise ValueError
+            return [int(v) for v in vals]
+        if kind == "floats":
+            return [float(v) for v in value]
+        if kind == "string":
+            if isinstance(value, bytes):
+                value = value.decode()
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        pass
+    raise OpError(f"node {node_name!r}: attribute {name}={value!r} must be of kind {kind}")
+
+
+def normalize_attrs(op_type: str, attrs: dict | None, node_name: str, input_shapes: list | None = None) -> dict:
+    """Return a complete attribute dict: unknown names rejected, kinds coerced, ONNX defaults filled.
+
+    Spatial defaults that depend on the input rank (``strides``, ``dilations``, ``pads``,
+    ``kernel_shape`` for Conv) are made explicit when ``input_shapes`` is given.
+
+    Raises:
+        OpError: unknown attribute, missing required attribute, or wrong kind; names the node.
+    """
+    spec = get_op(op_type)
+    attrs = dict(attrs or {})
+    out: dict = {}
+    for k, v in attrs.items():
+        if k not in spec.attrs:
+            known = ", ".join(sorted(spec.attrs)) or "none"
+            raise OpError(f"node {node_name!r} ({op_type}): unknown attribute {k!r}; {op_type} takes: {known}")
+        a = spec.attrs[k]
+        out[k] = None if v is None else _coerce(a.kind, v, k, node_name)
+    for k, a in spec.attrs.items():
+        if k not in out or out[k] is None:
+            if a.default is REQUIRED:
+                raise OpError(f"node {node_name!r} ({op_type}): required attribute {k!r} is missing")
+            out[k] = a.default
+    if op_type in ("Conv", "MaxPool", "AveragePool") and input_shapes and input_shapes[0] is not None:
+        nsp = len(input_shapes[0]) - 2
+        if op_type == "Conv" and out.get("kernel_shape") is None and len(input_shapes) > 1 and input_shapes[1]:
+            out["kernel_shape"] = [int(d) for d in input_shapes[1][2:]]
+        if nsp >= 1:
+            if out.get("strides") is None:
+                out["strides"] = [1] * nsp
+            if out.get("dilations") is None:
+                out["dilations"] = [1] * nsp
+            if out.get("pads") is None:
+                out["pads"] = [0] * (2 * nsp)
+    if op_type == "Transpose" and out.get("perm") is None and input_shapes and input_shapes[0] is not None:
+        out["perm"] = list(range(len(input_shapes[0])))[::-1]
+    out = {k: v for k, v in out.items() if v is not None}
+    if spec.check is not None:
+        spec.check(out, node_name)
+    return out
+
+
+def count_params(node) -> int:
+    """Number of scalars in a node's parameter inputs (weights, biases, BN arrays)."""
+    spec = get_op(node.op_type)
+    total = 0
+    for i in spec.param_inputs:
+        if i < len(node.inputs) and node.inputs[i] is not None and node.inputs[i].const is not None:
+            if node.op_type in ("Reshape", "Clip"):
+                continue
+            total += int(node.inputs[i].const.size)
+    return total
+
+
+def count_macs(node) -> int:
+    """Multiply-accumulates of one node for one sample (batch dimension excluded)."""
+    spec = get_op(node.op_type)
+    ins = [v.shape if v is not None else None for v in node.inputs]
+    outs = [v.shape for v in node.outputs]
+    if any(s is None for s in outs):
+        return 0
+    return int(spec.macs(node.attrs, ins, outs))
+
+
+def conv_out_size(size: int, k: int, stride: int = 1, pad: int = 0, dil: int = 1) -> int:
+    """Output length of a convolution along one axis (symmetric padding); see :func:`window_out`."""
+    return int(window_out(size, k, stride, dil, pad, pad))
+
+
+__all__ = [
+    "OPS", "OpSpec", "AttrSpec", "REQUIRED", "register_op", "get_op", "supported_ops", "normalize_attrs",
+    "count_params", "count_macs", "broadcast", "reshape_target", "window_out", "per_channel_const",
+    "conv_out_size", "TRANSPARENT", "PER_CHANNEL", "ABSORBER", "FLATTEN", "CONCAT", "COUPLER", "BLOCKER",
+]
