@@ -1,0 +1,268 @@
+"""IR -> ONNX: :func:`to_onnx`, :func:`save` (atomic, optional external data), :func:`model_bytes`.
+
+Export writes ONNX opset :data:`EXPORT_OPSET` (17) with IR version :data:`EXPORT_IR_VERSION` (8)
+unless asked for another opset. Why 17 / IR 8: the IR keeps opset-17 semantics (Clip min/max as
+inputs, Softmax on one axis, BatchNormalization without ``spatial``, Dropout with inputs), and every
+onnxruntime release since 1.14 loads opset 17 / IR 8 (onnxruntime 1.17 loads up to opset 20 /
+IR 9), while the newest opsets the ``onnx`` package defines are often ahead of the runtimes users
+deploy. Weights are initializers that are *not* listed as graph inputs; the batch dimension of
+inputs and outputs is symbolic (``N`` unless the IR names another symbol).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+import nashir
+from nashir.errors import BackendError, NashirError
+from nashir.ir import Graph
+
+#: Default export opset (ONNX default domain) and the IR version that goes with it.
+EXPORT_OPSET = 17
+EXPORT_IR_VERSION = 8
+#: Lowest opset the exporter writes: Softmax-13 semantics (one axis) and Clip-11 inputs.
+MIN_EXPORT_OPSET = 13
+
+#: Attribute values that mean "the ONNX default" and may be dropped when the target opset's schema
+#: lacks the attribute (e.g. AveragePool ``dilations`` before opset 19, Reshape ``allowzero`` before 14).
+_NEUTRAL = {
+    "dilations": lambda v: all(int(x) == 1 for x in v),
+    "allowzero": lambda v: int(v) == 0,
+    "auto_pad": lambda v: v == "NOTSET",
+    "storage_order": lambda v: int(v) == 0,
+    "count_include_pad": lambda v: int(v) == 0,
+    "ceil_mode": lambda v: int(v) == 0,
+    "momentum": lambda v: True,  # only meaningful in training mode; inference ignores it
+}
+
+_NP2ONNX = {
+    "float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "float64": TensorProto.DOUBLE,
+    "int64": TensorProto.INT64, "int32": TensorProto.INT32, "int8": TensorProto.INT8,
+    "uint8": TensorProto.UINT8, "bool": TensorProto.BOOL,
+}
+
+_TWO_GIB = 2**31
+
+
+class ExportError(NashirError):
+    """The graph cannot be written as ONNX at the asked opset (names the node and the attribute)."""
+
+
+def ir_version_for(opset: int) -> int:
+    """The lowest ONNX IR version that goes with ``opset`` of the default domain (onnx's version table)."""
+    return helper.find_min_ir_version_for([helper.make_opsetid("", opset)], ignore_unknown=True)
+
+
+def _check_opset(opset: int) -> int:
+    newest = onnx.defs.onnx_opset_version()
+    if not isinstance(opset, (int, np.integer)) or not MIN_EXPORT_OPSET <= int(opset) <= newest:
+        raise ExportError(
+            f"opset {opset!r} cannot be exported: nashir writes opsets {MIN_EXPORT_OPSET}..{newest} "
+            f"(default {EXPORT_OPSET}, which onnxruntime >= 1.14 loads); pass one in that range"
+        )
+    return int(opset)
+
+
+def _value_info(name: str, dtype: str, shape, batch_symbol: str | None) -> onnx.ValueInfoProto:
+    dims: list = []
+    for i, d in enumerate(shape or ()):
+        if i == 0 and batch_symbol is not None:
+            dims.append(d if isinstance(d, str) and d != "?" else batch_symbol)
+        elif isinstance(d, str):
+            dims.append(None if d == "?" else d)
+        else:
+            dims.append(int(d))
+    elem = _NP2ONNX.get(dtype)
+    if elem is None:
+        raise ExportError(f"value {name!r}: dtype {dtype!r} has no ONNX equivalent here")
+    return helper.make_tensor_value_info(name, elem, dims if shape is not None else None)
+
+
+def _tensor(name: str, arr: np.ndarray) -> onnx.TensorProto:
+    arr = np.asarray(arr)
+    if arr.dtype.name not in _NP2ONNX:
+        raise ExportError(f"constant {name!r}: dtype {arr.dtype.name} has no ONNX equivalent here")
+    t = TensorProto()
+    t.name = name
+    t.data_type = _NP2ONNX[arr.dtype.name]
+    t.dims.extend(arr.shape)
+    if arr.dtype == np.bool_:
+        t.raw_data = np.ascontiguousarray(arr, dtype=np.uint8).tobytes()
+    else:
+        t.raw_data = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+    return t
+
+
+def _attrs_for_opset(node, opset: int) -> dict:
+    """The node's attributes that the ``opset`` schema knows; neutral others are dropped, others refused."""
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset, "")
+    except onnx.defs.SchemaError:
+        raise ExportError(
+            f"node {node.name!r}: op {node.op_type} does not exist at opset {opset}; export at a newer opset"
+        ) from None
+    out = {}
+    for k, v in node.attrs.items():
+        if v is None:
+            continue
+        if k in schema.attributes:
+            out[k] = v
+            continue
+        neutral = _NEUTRAL.get(k)
+        if neutral is not None and neutral(v):
+            continue
+        raise ExportError(
+            f"node {node.name!r} ({node.op_type}): attribute {k}={v!r} is not expressible at opset {opset} "
+            f"(the {node.op_type}-{schema.since_version} schema has no {k!r}); export at a newer opset "
+            f"(e.g. opset=19 for AveragePool dilations) or change the node"
+        )
+    return out
+
+
+def to_onnx(graph: Graph, opset: int | None = None) -> onnx.ModelProto:
+    """Lower an IR graph to an ONNX model.
+
+    Args:
+        graph: a graph that passes :meth:`~nashir.ir.Graph.verify` (NCHW, weights as constants,
+            Conv W in OIHW, Gemm W as ``[out, in]`` with ``transB=1``).
+        opset: default-domain opset to write, ``13..onnx.defs.onnx_opset_version()``; default
+            :data:`EXPORT_OPSET` (17). The IR version is the lowest that goes with it (8 for 17).
+
+    Returns:
+        An ``onnx.ModelProto`` with the graph's node and value names, weights as initializers not
+        listed as graph inputs, and a symbolic batch dimension on inputs and outputs.
+
+    Raises:
+        ExportError: an unknown opset, or a node attribute the opset cannot express (e.g.
+            AveragePool with dilations other than 1 below opset 19).
+        VerifyError: the graph is broken (see :meth:`~nashir.ir.Graph.verify`).
+    """
+    opset = _check_opset(EXPORT_OPSET if opset is None else opset)
+    graph.verify()
+    batch_symbol = None
+    for v in graph.inputs:
+        if v.shape and isinstance(v.shape[0], str):
+            batch_symbol = v.shape[0]
+            break
+    batch_symbol = batch_symbol or "N"
+
+    nodes = []
+    used_consts: dict[str, np.ndarray] = {}
+    for nd in graph.nodes:
+        ins = []
+        for v in nd.inputs:
+            if v is None:
+                ins.append("")
+                continue
+            if v.is_const:
+                used_consts[v.name] = v.const
+            ins.append(v.name)
+        while ins and ins[-1] == "":
+            ins.pop()
+        nodes.append(helper.make_node(nd.op_type, ins, [o.name for o in nd.outputs], name=nd.name,
+                                      **_attrs_for_opset(nd, opset)))
+    for v in graph.outputs:
+        if v.is_const:
+            used_consts[v.name] = v.const
+    inits = [_tensor(k, a) for k, a in used_consts.items()]
+    inputs = [_value_info(v.name, v.dtype, v.shape, batch_symbol) for v in graph.inputs]
+    outputs = [_value_info(v.name, v.dtype, v.shape, batch_symbol) for v in graph.outputs]
+    g = helper.make_graph(nodes, graph.name or "graph", inputs, outputs, initializer=inits)
+    model = helper.make_model(
+        g, opset_imports=[helper.make_opsetid("", opset)], producer_name="nashir",
+        producer_version=nashir.__version__,
+    )
+    model.ir_version = ir_version_for(opset)
+    return model
+
+
+def model_bytes(graph: Graph, opset: int | None = None) -> bytes:
+    """``to_onnx(graph, opset).SerializeToString()``: the network as bytes, e.g. to ship to a worker.
+
+    Raises:
+        ExportError: as :func:`to_onnx`, or a model over protobuf's 2 GiB limit.
+    """
+    try:
+        return to_onnx(graph, opset).SerializeToString()
+    except ValueError as e:  # protobuf refuses messages over 2 GiB
+        raise ExportError(f"graph {graph.name!r} is too large to serialise in one message ({e})") from None
+
+
+def _atomic_write(path: Path, data: bytes | list) -> None:
+    """Write ``data`` (bytes, or a list of byte chunks) to ``path`` via a temp file in the same folder."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in data if isinstance(data, list) else [data]:
+                f.write(chunk)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def save(graph: Graph, path, opset: int | None = None, external_data: bool = False) -> None:
+    """Write ``graph`` as an ONNX file, atomically (temp file in the same folder, then ``os.replace``).
+
+    Args:
+        graph: the graph to write.
+        path: target ``.onnx`` file; its folder must exist.
+        opset: as :func:`to_onnx` (default 17).
+        external_data: store the weights of 1 KiB and more in ``<file name>.data`` next to the
+            model (needed above protobuf's 2 GiB limit). The data file is written first, then the
+            model, each atomically.
+
+    Raises:
+        ExportError: as :func:`to_onnx`; a model over 2 GiB without ``external_data``; the folder
+            does not exist. Nothing is written when an error is raised.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ExportError(
+            f"cannot write {str(path)!r}: folder {str(path.parent)!r} does not exist; create it first"
+        )
+    if path.is_dir():
+        raise ExportError(f"cannot write {str(path)!r}: it is a folder; give a file name such as model.onnx")
+    model = to_onnx(graph, opset)
+    chunks: list = []
+    data_name = path.name + ".data"
+    if external_data:
+        offset = 0
+        for t in model.graph.initializer:
+            raw = t.raw_data
+            if len(raw) < 1024:
+                continue
+            pad = (-offset) % 4096  # page-aligned, so that runtimes may mmap the tensors
+            if pad:
+                chunks.append(b"\0" * pad)
+                offset += pad
+            chunks.append(raw)
+            t.ClearField("raw_data")
+            t.data_location = TensorProto.EXTERNAL
+            for k, v in (("location", data_name), ("offset", str(offset)), ("length", str(len(raw)))):
+                e = t.external_data.add()
+                e.key, e.value = k, v
+            offset += len(raw)
+    if model.ByteSize() >= _TWO_GIB:
+        raise ExportError(
+            f"graph {graph.name!r} is over protobuf's 2 GiB limit for one file; save with external_data=True "
+            "(`--external-data` on the command line)"
+        )
+    blob = model.SerializeToString()
+    try:
+        if chunks:
+            _atomic_write(path.parent / data_name, chunks)
+        _atomic_write(path, blob)
+    except OSError as e:
+        raise BackendError(
+            f"cannot write {str(path)!r}: {e.strerror or e}; check the folder's permissions"
+        ) from None

@@ -1,0 +1,108 @@
+"""Shared helpers for the ONNX backend tests (no tests here): an independent torch reference of IR graphs.
+
+The reference evaluates a nashir Graph op by op with ``torch.nn.functional`` so that onnxruntime
+outputs of exported models can be checked against something that shares no code with nashir's
+exporter or onnxruntime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def torch_reference(graph, x: np.ndarray) -> list[np.ndarray]:
+    """Evaluate ``graph`` on ``x`` (single data input) with torch.nn.functional, float64."""
+    import torch
+    import torch.nn.functional as F
+
+    env = {graph.inputs[0].name: torch.from_numpy(np.asarray(x, np.float64))}
+
+    def t(v):
+        if v is None:
+            return None
+        if v.is_const:
+            c = torch.from_numpy(np.array(v.const))
+            return c.double() if c.is_floating_point() else c
+        return env[v.name]
+
+    for n in graph.nodes:
+        ins = [t(v) for v in n.inputs]
+        a = n.attrs
+        op = n.op_type
+        if op == "Conv":
+            p = a["pads"]
+            h = F.pad(ins[0], (p[1], p[3], p[0], p[2]))
+            y = F.conv2d(h, ins[1], ins[2] if len(ins) > 2 else None, stride=a["strides"],
+                         dilation=a["dilations"], groups=a["group"])
+        elif op == "BatchNormalization":
+            x0, s, b, m, var = ins
+            sh = (1, -1) + (1,) * (x0.dim() - 2)
+            y = (x0 - m.view(sh)) / torch.sqrt(var.view(sh) + a["epsilon"]) * s.view(sh) + b.view(sh)
+        elif op == "Relu":
+            y = F.relu(ins[0])
+        elif op == "LeakyRelu":
+            y = F.leaky_relu(ins[0], a["alpha"])
+        elif op == "Sigmoid":
+            y = torch.sigmoid(ins[0])
+        elif op == "Tanh":
+            y = torch.tanh(ins[0])
+        elif op in ("Identity", "Dropout"):
+            y = ins[0]
+        elif op == "Clip":
+            lo = ins[1] if len(ins) > 1 and ins[1] is not None else None
+            hi = ins[2] if len(ins) > 2 and ins[2] is not None else None
+            y = torch.clamp(ins[0], lo, hi)
+        elif op == "LRN":
+            y = F.local_response_norm(ins[0], a["size"], a["alpha"], a["beta"], a["bias"])
+        elif op == "MaxPool":
+            p = a["pads"]
+            h = F.pad(ins[0], (p[1], p[3], p[0], p[2]), value=-float("inf"))
+            y = F.max_pool2d(h, a["kernel_shape"], a["strides"], 0, a["dilations"], bool(a["ceil_mode"]))
+        elif op == "AveragePool":
+            p = a["pads"]
+            assert p[0] == p[2] and p[1] == p[3] and not a["ceil_mode"]
+            y = F.avg_pool2d(ins[0], a["kernel_shape"], a["strides"], (p[0], p[1]),
+                             count_include_pad=bool(a["count_include_pad"]))
+        elif op == "GlobalAveragePool":
+            y = ins[0].mean(dim=tuple(range(2, ins[0].dim())), keepdim=True)
+        elif op == "Flatten":
+            ax = a["axis"]
+            y = ins[0].reshape(int(np.prod(ins[0].shape[:ax])), -1)
+        elif op == "Reshape":
+            tgt = [int(s) if s != 0 else ins[0].shape[i] for i, s in enumerate(ins[1].tolist())]
+            y = ins[0].reshape(tgt)
+        elif op == "Transpose":
+            y = ins[0].permute(a["perm"])
+        elif op == "Softmax":
+            y = torch.softmax(ins[0], a["axis"])
+        elif op == "Gemm":
+            y = ins[0] @ ins[1].T
+            if len(ins) > 2 and ins[2] is not None:
+                y = y + ins[2]
+        elif op == "Add":
+            y = ins[0] + ins[1]
+        elif op == "Mul":
+            y = ins[0] * ins[1]
+        elif op == "Concat":
+            y = torch.cat(ins, a["axis"])
+        else:  # pragma: no cover - a new op needs a reference here
+            raise NotImplementedError(op)
+        env[n.outputs[0].name] = y
+    return [env[v.name].numpy() for v in graph.outputs]
+
+
+def assert_close(a, b, rtol=1e-5, atol=1e-5):
+    """|a - b| <= atol * max(1, max|b|) + rtol * |b| elementwise."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    scale = max(1.0, float(np.abs(b).max()) if b.size else 1.0)
+    err = np.abs(a - b)
+    assert (err <= atol * scale + rtol * np.abs(b)).all(), f"max abs diff {err.max()} (scale {scale})"
