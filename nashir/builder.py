@@ -43,11 +43,13 @@ class GraphBuilder:
         self.input = self.graph.add_input(input_name, (batch, *input_shape))
 
     # ----------------------------------------------------------------- layers
-    def conv(self, x: Value, out_channels: int, kernel: int | Sequence[int] = 3, stride: int | Sequence[int] = 1,
+    def conv(self, x: Value, out_channels: int, kernel: int | Sequence[int] = 3,
+             stride: int | Sequence[int] = 1,
              pads: int | Sequence[int] | None = None, dilation: int | Sequence[int] = 1, group: int = 1,
              bias: bool = True, name: str | None = None) -> Value:
         """Conv with OIHW weight ``(out_channels, C_in/group, kH, kW)``; ``pads`` default keeps the size
-        for odd kernels at stride 1 (``(k-1)//2 * dilation`` per side); 4 values = ``[top, left, bottom, right]``."""
+        for odd kernels at stride 1 (``(k-1)//2 * dilation`` per side); 4 values =
+        ``[top, left, bottom, right]`` (ONNX order: begins, then ends)."""
         k = _pair(kernel)
         d = _pair(dilation)
         if pads is None:
@@ -61,7 +63,8 @@ class GraphBuilder:
         cin = x.shape[1]
         name = name or self.graph.auto_node_name("Conv")
         fan_in = cin // group * k[0] * k[1]
-        w = self.rng.normal(0, np.sqrt(2.0 / max(fan_in, 1)), (out_channels, cin // group, *k)).astype(np.float32)
+        std = np.sqrt(2.0 / max(fan_in, 1))
+        w = self.rng.normal(0, std, (out_channels, cin // group, *k)).astype(np.float32)
         ins = [x, self.graph.add_const(w, f"{name}.weight")]
         if bias:
             ins.append(self.graph.add_const(self.rng.normal(0, 0.01, out_channels).astype(np.float32),

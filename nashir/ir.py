@@ -56,7 +56,9 @@ class Value:
 
     __slots__ = ("name", "shape", "dtype", "producer", "uses", "const")
 
-    def __init__(self, name: str, shape: Shape | None, dtype: str = "float32", const: np.ndarray | None = None):
+    def __init__(
+        self, name: str, shape: Shape | None, dtype: str = "float32", const: np.ndarray | None = None
+    ):
         self.name = name
         self.shape = tuple(shape) if shape is not None else None
         self.dtype = dtype
@@ -95,7 +97,9 @@ class Node:
 
     __slots__ = ("name", "op_type", "inputs", "outputs", "attrs", "meta")
 
-    def __init__(self, name: str, op_type: str, inputs: list, outputs: list, attrs: dict, meta: dict | None = None):
+    def __init__(
+        self, name: str, op_type: str, inputs: list, outputs: list, attrs: dict, meta: dict | None = None
+    ):
         self.name = name
         self.op_type = op_type
         self.inputs: list[Value | None] = inputs
@@ -240,14 +244,22 @@ class Graph:
         """Add a constant (weight) Value holding ``array``; the name is made unique."""
         arr = np.asarray(array)
         if arr.dtype.name not in _DTYPES:
-            raise GraphError(f"constant {name!r}: dtype {arr.dtype.name} is not supported; use one of {sorted(_DTYPES)}")
+            raise GraphError(
+                f"constant {name!r}: dtype {arr.dtype.name} is not supported; use one of {sorted(_DTYPES)}"
+            )
         name = self.unique_value_name(name)
         v = Value(name, tuple(arr.shape), arr.dtype.name, const=arr)
         self.values[name] = v
         return v
 
     def add_output(self, value: Value | str) -> Value:
-        """Mark a value as a graph output."""
+        """Mark a value as a graph output.
+
+        Raises:
+            GraphError: ``value`` is None, unknown, or belongs to another graph.
+        """
+        if value is None:
+            raise GraphError("add_output: expected a Value or a value name, got None")
         v = self._resolve(value, "output")
         self.outputs.append(v)
         return v
@@ -273,7 +285,10 @@ class Graph:
         self, name: str, op_type: str, inputs: list[Value | None], attrs: dict | None
     ) -> tuple[dict, list[Shape]]:
         """Validate a would-be node; return (normalised attrs, output shapes). Mutates nothing."""
-        spec = _ops.get_op(op_type)
+        try:
+            spec = _ops.get_op(op_type)
+        except OpError as e:
+            raise OpError(f"node {name!r}: {e}") from None
         n = len(inputs)
         while n and inputs[n - 1] is None:
             n -= 1
@@ -302,7 +317,9 @@ class Graph:
             ins = ", ".join(f"{v.name}{_fmt_shape(v.shape)}" for v in inputs[:n] if v is not None)
             raise ShapeError(f"node {name!r} ({op_type}) with inputs {ins}: {e}") from None
         except (TypeError, IndexError, KeyError, ValueError) as e:
-            raise ShapeError(f"node {name!r} ({op_type}): inputs or attributes do not fit the op ({e})") from None
+            raise ShapeError(
+                f"node {name!r} ({op_type}): inputs or attributes do not fit the op ({e})"
+            ) from None
         return attrs, [tuple(s) for s in out_shapes]
 
     # ------------------------------------------------------------------ mutators
@@ -359,7 +376,9 @@ class Graph:
         else:
             out_names = list(outputs)
             if len(out_names) != n_out:
-                raise GraphError(f"node {name!r} ({op_type}) has {n_out} output(s), {len(out_names)} names given")
+                raise GraphError(
+                    f"node {name!r} ({op_type}) has {n_out} output(s), {len(out_names)} names given"
+                )
             for o in out_names:
                 if o in self.values:
                     raise GraphError(f"node {name!r}: output name {o!r} is already used; pick another")
@@ -408,30 +427,48 @@ class Graph:
 
         Raises:
             GraphError, OpError, ShapeError: as :meth:`add_node`; the new node must keep ``value``'s
-            shape when ``value`` has uses (else the consumers would no longer fit). Graph unchanged.
+            shape when ``value`` has uses (else the consumers would no longer fit), and an extra input
+            must not depend on a consumer of ``value`` (a cycle). Graph unchanged.
         """
         v = self._resolve(value, "insert_after value")
+        extras = [self._resolve(x, f"extra input {i} of insert_after {v.name!r}")
+                  for i, x in enumerate(extra_inputs)]
         index = 0 if v.producer is None else self.nodes.index(v.producer) + 1
-        for x in extra_inputs:
-            xv = self._resolve(x, "extra input")
+        for xv in extras:
             if xv is not None and xv.producer is not None:
                 index = max(index, self.nodes.index(xv.producer) + 1)
         old_uses = list(v.uses)
         was_output = [i for i, o in enumerate(self.outputs) if o is v]
-        node = self.add_node(op_type, [v, *extra_inputs], attrs, name, index=index, meta=meta)
-        new = node.outputs[0]
-        if (old_uses or was_output) and new.shape != v.shape:
-            self._drop_node(node)
+        if name is None:
+            name = self.auto_node_name(op_type)
+        for xv in extras:
+            if xv is None or xv.producer is None:
+                continue
+            for u, _ in old_uses:
+                if u is xv.producer or self._reaches(u, xv.producer):
+                    raise GraphError(
+                        f"insert_after {v.name!r}: extra input {xv.name!r} of the new node {name!r} depends "
+                        f"on node {u.name!r}, which reads {v.name!r}; rewiring {u.name!r} to {name!r} would "
+                        "create a cycle (take the extra input from upstream of the consumers)"
+                    )
+        _, out_shapes = self._check_node(name, op_type, [v, *extras], attrs)
+        if (old_uses or was_output) and out_shapes[0] != v.shape:
             raise ShapeError(
-                f"insert_after {v.name!r}: {op_type} would change its shape {_fmt_shape(v.shape)} to "
-                f"{_fmt_shape(new.shape)}, which its consumers do not accept"
+                f"insert_after {v.name!r}: node {name!r} ({op_type}) would change its shape "
+                f"{_fmt_shape(v.shape)} to {_fmt_shape(out_shapes[0])}, which its consumers do not accept; "
+                "insert an op that keeps the shape"
             )
+        node = self.add_node(op_type, [v, *extras], attrs, name, index=index, meta=meta)
+        new = node.outputs[0]
         for n, i in old_uses:
             n.inputs[i] = new
             v.uses.remove((n, i))
             new.uses.append((n, i))
         for i in was_output:
             self.outputs[i] = new
+        pos = self.nodes.index(node)
+        if any(self.nodes.index(n) < pos for n, _ in old_uses):
+            self.toposort()
         return node
 
     def set_input(self, node: Node, index: int, value: Value | str | None) -> None:
@@ -445,7 +482,9 @@ class Graph:
         v = self._resolve(value, f"input {index} of node {node.name!r}")
         if not 0 <= index < max(len(node.inputs), index + 1):
             raise GraphError(f"node {node.name!r}: input index {index} out of range")
-        if v is not None and v.producer is not None and (v.producer is node or self._reaches(node, v.producer)):
+        if v is not None and v.producer is not None and (
+            v.producer is node or self._reaches(node, v.producer)
+        ):
             raise GraphError(
                 f"node {node.name!r}: reading {v.name!r} (produced downstream) would create a cycle"
             )
@@ -538,17 +577,32 @@ class Graph:
         del self._node_names[nd.name]
 
     def set_const(self, value: Value | str, array: np.ndarray) -> None:
-        """Replace a constant's array (its shape may change; call :meth:`infer_shapes` after)."""
+        """Replace a constant's array (its shape may change; call :meth:`infer_shapes` after).
+
+        Raises:
+            GraphError: ``value`` is unknown, foreign or not a constant, or the dtype is unsupported.
+        """
         v = self._resolve(value, "constant")
         if not v.is_const:
             raise GraphError(f"set_const: {v.name!r} is not a constant")
         arr = np.asarray(array)
+        if arr.dtype.name not in _DTYPES:
+            raise GraphError(f"set_const {v.name!r}: dtype {arr.dtype.name} is not supported; use one of "
+                             f"{sorted(_DTYPES)}")
         v.const = arr
         v.shape = tuple(arr.shape)
         v.dtype = arr.dtype.name
 
     def set_attr(self, node: Node, key: str, val: Any) -> None:
-        """Set one attribute (validated); raises OpError and leaves the node unchanged if invalid."""
+        """Set one attribute (validated against the op and the node's current inputs).
+
+        Output shapes are not recomputed: after a change that alters them (strides, pads) call
+        :meth:`infer_shapes` (``verify()`` reports stale shapes). ``val=None`` restores the default.
+
+        Raises:
+            GraphError: the node is foreign. OpError, ShapeError: the attribute or the resulting
+            node does not fit the op; the node is left unchanged.
+        """
         self._own_node(node)
         attrs = dict(node.attrs)
         attrs[key] = val
@@ -651,6 +705,10 @@ class Graph:
             except ShapeError as e:
                 ins = ", ".join(f"{v.name}{_fmt_shape(shp(v))}" for v in nd.inputs if v is not None)
                 raise ShapeError(f"node {nd.name!r} ({nd.op_type}) with inputs {ins}: {e}") from None
+            except (TypeError, IndexError, KeyError, ValueError) as e:
+                raise ShapeError(
+                    f"node {nd.name!r} ({nd.op_type}): inputs or attributes do not fit the op ({e})"
+                ) from None
             new[id(nd)] = [tuple(s) for s in outs]
             for o, s in zip(nd.outputs, outs):
                 cur[id(o)] = tuple(s)
@@ -722,8 +780,8 @@ class Graph:
                 if v is None:
                     continue
                 if owned.get(v.name) is not v:
-                    p(f"node {n.name!r}: input {i} {v.name!r} does not belong to the graph; use the graph's own "
-                      "value (graph.value(name))")
+                    p(f"node {n.name!r}: input {i} {v.name!r} does not belong to the graph; use the graph's "
+                      "own value (graph.value(name))")
                     continue
                 if (n, i) not in [(u, j) for u, j in v.uses if u is n]:
                     p(f"node {n.name!r}: reads {v.name!r} at input {i} but the value's use list lacks it; "
@@ -733,7 +791,8 @@ class Graph:
                       "graph.toposort() or fix the producer")
             for o in n.outputs:
                 if o.producer is not n:
-                    p(f"node {n.name!r}: output {o.name!r} names another producer; outputs belong to one node")
+                    p(f"node {n.name!r}: output {o.name!r} names another producer; outputs belong to one "
+                      "node")
                 if owned.get(o.name) is not o:
                     p(f"node {n.name!r}: output {o.name!r} does not belong to the graph")
                 defined.add(id(o))
@@ -747,15 +806,16 @@ class Graph:
                 p(f"{e}; fix the node's inputs/attributes")
                 continue
             if attrs != n.attrs:
-                diff = sorted(set(attrs) ^ set(n.attrs) | {k for k in attrs if attrs.get(k) != n.attrs.get(k)})
-                p(f"node {n.name!r}: attributes {diff} are missing or not explicit/normalised; every attribute "
-                  "must be explicit (build nodes with graph.add_node)")
+                diff = sorted(set(attrs) ^ set(n.attrs)
+                              | {k for k in attrs if attrs.get(k) != n.attrs.get(k)})
+                p(f"node {n.name!r}: attributes {diff} are missing or not explicit/normalised; every "
+                  "attribute must be explicit (build nodes with graph.add_node)")
             if len(shapes) != len(n.outputs):
                 p(f"node {n.name!r}: has {len(n.outputs)} outputs, {n.op_type} gives {len(shapes)}")
             for o, s in zip(n.outputs, shapes):
                 if o.shape != s:
-                    p(f"node {n.name!r}: output {o.name!r} has shape {_fmt_shape(o.shape)} but shape inference "
-                      f"gives {_fmt_shape(s)}; call graph.infer_shapes() after changing weights")
+                    p(f"node {n.name!r}: output {o.name!r} has shape {_fmt_shape(o.shape)} but shape "
+                      f"inference gives {_fmt_shape(s)}; call graph.infer_shapes() after changing weights")
         if problems:
             raise VerifyError(problems)
 
@@ -816,8 +876,15 @@ class Graph:
 
     # ------------------------------------------------------------------ statistics
     def param_count(self) -> int:
-        """Number of parameter scalars (weights, biases, BatchNorm arrays incl. running stats)."""
-        return sum(_ops.count_params(n) for n in self.nodes)
+        """Number of parameter scalars (weights, biases, BatchNorm arrays incl. running stats).
+
+        A constant shared by several nodes counts once (per-node counts: :func:`nashir.ops.count_params`).
+        """
+        seen: dict[int, int] = {}
+        for n in self.nodes:
+            for v in _ops.param_values(n):
+                seen[id(v)] = int(v.const.size)
+        return sum(seen.values())
 
     def mac_count(self) -> int:
         """Multiply-accumulates of one forward pass for one sample."""

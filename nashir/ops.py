@@ -7,7 +7,8 @@ that the morphism analyses use (DESIGN.md section 5). Adding an op is adding one
 
 Shapes are tuples in NCHW order; the batch dimension may be a symbol (a ``str`` such as ``"N"``).
 Weights follow ONNX layouts: Conv ``W`` is OIHW ``(C_out, C_in/group, kH, kW)``, Gemm ``W`` is
-``(out, in)`` (always normalised so that ``transB=1``).
+``(out, in)`` (always normalised so that ``transB=1``; as ONNX's default is ``transB=0``, a Gemm
+node must say ``transB=1`` explicitly).
 """
 
 from __future__ import annotations
@@ -146,8 +147,10 @@ def window_out(
 ) -> Dim:
     """Output length of a sliding window (ONNX Conv/MaxPool/AveragePool; torch's rule for ceil_mode).
 
-    ``out = floor_or_ceil((size + pad_b + pad_e - dil*(k-1) - 1) / stride) + 1``; with ceil_mode the
-    last window must start inside the input or the begin padding, else it is dropped.
+    ``out = floor_or_ceil((size + pad_b + pad_e - dil*(k-1) - 1) / stride) + 1`` (ONNX MaxPool/Conv
+    operator specification; torch's ``pooling_output_shape``); with ceil_mode the last window must
+    start inside the input or the begin padding, else it is dropped. With ceil_mode a single window
+    may overhang the end (e.g. size 1, kernel 2, stride 2 gives 1), as in ONNX, onnxruntime and torch.
 
     Raises:
         ShapeError: the window does not fit (output length < 1).
@@ -156,17 +159,17 @@ def window_out(
         return size
     eff = dil * (k - 1) + 1
     span = size + pad_b + pad_e - eff
-    if span < 0:
-        raise ShapeError(
-            f"window of effective size {eff} (kernel {k}, dilation {dil}) does not fit an input of "
-            f"{size} with pads ({pad_b},{pad_e})"
-        )
     if ceil_mode:
         out = -(-span // stride) + 1
-        if (out - 1) * stride >= size + pad_b:
+        if out > 1 and (out - 1) * stride >= size + pad_b:
             out -= 1
     else:
         out = span // stride + 1
+    if out < 1:
+        raise ShapeError(
+            f"window of effective size {eff} (kernel {k}, dilation {dil}) does not fit an input of "
+            f"{size} with pads ({pad_b},{pad_e}); use a smaller kernel/dilation or more padding"
+        )
     return out
 
 
@@ -183,7 +186,9 @@ def _conv_infer(attrs, shapes, consts):
     group = attrs["group"]
     kernel = attrs.get("kernel_shape") or list(w[2:])
     if list(kernel) != list(w[2:]):
-        raise ShapeError(f"kernel_shape {list(kernel)} does not match the weight's spatial dims {list(w[2:])}")
+        raise ShapeError(
+            f"kernel_shape {list(kernel)} does not match the weight's spatial dims {list(w[2:])}"
+        )
     if group < 1:
         raise ShapeError(f"group must be >= 1, got {group}")
     c_in = x[1]
@@ -260,7 +265,9 @@ def _bn_infer(attrs, shapes, consts):
     c = x[1]
     for i, nm in zip(range(1, 5), ("scale", "B", "mean", "var")):
         if tuple(shapes[i]) != (c,):
-            raise ShapeError(f"BatchNormalization {nm} has shape {_fmt(shapes[i])}, expected [{c}] (one per channel)")
+            raise ShapeError(
+                f"BatchNormalization {nm} has shape {_fmt(shapes[i])}, expected [{c}] (one per channel)"
+            )
     return [tuple(x)]
 
 
@@ -435,7 +442,9 @@ def reshape_target(in_shape: Shape, target: Sequence[int], allowzero: int = 0) -
     for i, t in enumerate(target):
         if t == 0 and not allowzero:
             if i >= len(in_shape):
-                raise ShapeError(f"Reshape target {target}: 0 at position {i} but the input has rank {len(in_shape)}")
+                raise ShapeError(
+                    f"Reshape target {target}: 0 at position {i} but the input has rank {len(in_shape)}"
+                )
             out.append(in_shape[i])
         else:
             out.append(t)
@@ -453,7 +462,8 @@ def reshape_target(in_shape: Shape, target: Sequence[int], allowzero: int = 0) -
                 raise ShapeError(f"cannot reshape {_fmt(in_shape)} to {target}: sizes do not divide")
             out[out.index(-1)] = total // part
         elif len(sym_in) == 1 and not sym_out:
-            out[out.index(-1)] = sym_in[0] if _prod(known_in) == _prod([d for d in rest if _is_int(d)]) else "?"
+            same = _prod(known_in) == _prod([d for d in rest if _is_int(d)])
+            out[out.index(-1)] = sym_in[0] if same else "?"
         else:
             out[out.index(-1)] = "?"
     elif not sym_in and _prod(out) != _prod(known_in):
@@ -515,7 +525,8 @@ def _gemm_infer(attrs, shapes, consts):
     if attrs["transA"] != 0 or attrs["transB"] != 1:
         raise ShapeError(
             f"the IR keeps Gemm as Y = alpha * A @ W.T + beta * C with W [out, in] (transA=0, transB=1); "
-            f"got transA={attrs['transA']}, transB={attrs['transB']}"
+            f"got transA={attrs['transA']}, transB={attrs['transB']} (ONNX's default transB is 0): transpose "
+            "W to [out, in] and pass transB=1"
         )
     if _is_int(a[1]) and a[1] != w[1]:
         raise ShapeError(f"Gemm input has {a[1]} features, weight W {_fmt(w)} [out, in] expects {w[1]}")
@@ -525,6 +536,12 @@ def _gemm_infer(attrs, shapes, consts):
 
 
 def _gemm_check(attrs, name):
+    if attrs["transA"] != 0 or attrs["transB"] != 1:
+        raise OpError(
+            f"node {name!r}: the IR keeps Gemm as Y = A @ W.T + C with W [out, in] (transA=0, transB=1); "
+            f"got transA={attrs['transA']}, transB={attrs['transB']} (ONNX's default transB is 0): transpose "
+            "W to [out, in] and pass transB=1"
+        )
     if attrs["alpha"] != 1.0 or attrs["beta"] != 1.0:
         raise OpError(
             f"node {name!r}: the IR keeps Gemm with alpha=1 and beta=1 (scale the weights instead); "
@@ -536,7 +553,7 @@ register_op(
     OpSpec(
         "Gemm", 2, 3, _gemm_infer, param_inputs=frozenset({1, 2}),
         attrs={"alpha": AttrSpec("float", 1.0), "beta": AttrSpec("float", 1.0),
-               "transA": AttrSpec("int", 0), "transB": AttrSpec("int", 1)},
+               "transA": AttrSpec("int", 0), "transB": AttrSpec("int", 0)},
         macs=lambda a, i, o: int(i[1][0]) * int(i[1][1]),
         channel=lambda node: ABSORBER, check=_gemm_check,
     )
@@ -613,7 +630,9 @@ def _mul_sign(node, nonneg):
     return _add_sign(node, nonneg)
 
 
-register_op(OpSpec("Add", 2, 2, _binary_infer, macs=lambda a, i, o: 0, channel=_binary_channel, sign=_add_sign))
+register_op(
+    OpSpec("Add", 2, 2, _binary_infer, macs=lambda a, i, o: 0, channel=_binary_channel, sign=_add_sign)
+)
 register_op(
     OpSpec("Mul", 2, 2, _binary_infer,
            macs=lambda a, i, o: _prod([d for d in o[0][1:] if _is_int(d)]),
@@ -687,7 +706,9 @@ def _coerce(kind: str, value: Any, name: str, node_name: str) -> Any:
     raise OpError(f"node {node_name!r}: attribute {name}={value!r} must be of kind {kind}")
 
 
-def normalize_attrs(op_type: str, attrs: dict | None, node_name: str, input_shapes: list | None = None) -> dict:
+def normalize_attrs(
+    op_type: str, attrs: dict | None, node_name: str, input_shapes: list | None = None
+) -> dict:
     """Return a complete attribute dict: unknown names rejected, kinds coerced, ONNX defaults filled.
 
     Spatial defaults that depend on the input rank (``strides``, ``dilations``, ``pads``,
@@ -702,7 +723,9 @@ def normalize_attrs(op_type: str, attrs: dict | None, node_name: str, input_shap
     for k, v in attrs.items():
         if k not in spec.attrs:
             known = ", ".join(sorted(spec.attrs)) or "none"
-            raise OpError(f"node {node_name!r} ({op_type}): unknown attribute {k!r}; {op_type} takes: {known}")
+            raise OpError(
+                f"node {node_name!r} ({op_type}): unknown attribute {k!r}; {op_type} takes: {known}"
+            )
         a = spec.attrs[k]
         out[k] = None if v is None else _coerce(a.kind, v, k, node_name)
     for k, a in spec.attrs.items():
@@ -712,7 +735,8 @@ def normalize_attrs(op_type: str, attrs: dict | None, node_name: str, input_shap
             out[k] = a.default
     if op_type in ("Conv", "MaxPool", "AveragePool") and input_shapes and input_shapes[0] is not None:
         nsp = len(input_shapes[0]) - 2
-        if op_type == "Conv" and out.get("kernel_shape") is None and len(input_shapes) > 1 and input_shapes[1]:
+        if (op_type == "Conv" and out.get("kernel_shape") is None and len(input_shapes) > 1
+                and input_shapes[1]):
             out["kernel_shape"] = [int(d) for d in input_shapes[1][2:]]
         if nsp >= 1:
             if out.get("strides") is None:
@@ -729,16 +753,24 @@ def normalize_attrs(op_type: str, attrs: dict | None, node_name: str, input_shap
     return out
 
 
+def param_values(node) -> list:
+    """The constant Values of a node that count as learnable parameters (weights, biases, BN arrays).
+
+    Reshape's target shape and Clip's bounds are constants but not parameters.
+    """
+    if node.op_type in ("Reshape", "Clip"):
+        return []
+    spec = get_op(node.op_type)
+    out = []
+    for i in sorted(spec.param_inputs):
+        if i < len(node.inputs) and node.inputs[i] is not None and node.inputs[i].const is not None:
+            out.append(node.inputs[i])
+    return out
+
+
 def count_params(node) -> int:
     """Number of scalars in a node's parameter inputs (weights, biases, BN arrays)."""
-    spec = get_op(node.op_type)
-    total = 0
-    for i in spec.param_inputs:
-        if i < len(node.inputs) and node.inputs[i] is not None and node.inputs[i].const is not None:
-            if node.op_type in ("Reshape", "Clip"):
-                continue
-            total += int(node.inputs[i].const.size)
-    return total
+    return sum(int(v.const.size) for v in param_values(node))
 
 
 def count_macs(node) -> int:
@@ -758,6 +790,7 @@ def conv_out_size(size: int, k: int, stride: int = 1, pad: int = 0, dil: int = 1
 
 __all__ = [
     "OPS", "OpSpec", "AttrSpec", "REQUIRED", "register_op", "get_op", "supported_ops", "normalize_attrs",
-    "count_params", "count_macs", "broadcast", "reshape_target", "window_out", "per_channel_const",
+    "count_params", "param_values", "count_macs", "broadcast", "reshape_target", "window_out",
+    "per_channel_const",
     "conv_out_size", "TRANSPARENT", "PER_CHANNEL", "ABSORBER", "FLATTEN", "CONCAT", "COUPLER", "BLOCKER",
 ]
