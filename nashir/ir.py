@@ -743,7 +743,8 @@ class Graph:
                     p(f"constant {k!r}: shape {_fmt_shape(v.shape)} differs from its array's "
                       f"{list(v.const.shape)}; use graph.set_const")
                 if v.const.dtype.name != v.dtype:
-                    p(f"constant {k!r}: dtype {v.dtype} differs from its array's {v.const.dtype.name}")
+                    p(f"constant {k!r}: dtype {v.dtype} differs from its array's {v.const.dtype.name}; "
+                      "use graph.set_const")
             if v.producer is not None and id(v.producer) not in node_ids:
                 p(f"value {k!r}: its producer {v.producer.name!r} is not in the graph; remove the value too")
             for u, i in v.uses:
@@ -759,7 +760,8 @@ class Graph:
             if v.is_const:
                 p(f"graph input {v.name!r}: is a constant; weights are not graph inputs")
             if v.producer is not None:
-                p(f"graph input {v.name!r}: is produced by node {v.producer.name!r}")
+                p(f"graph input {v.name!r}: is produced by node {v.producer.name!r}; a graph input has no "
+                  "producer (remove it from graph.inputs)")
         for v in self.outputs:
             if owned.get(v.name) is not v:
                 p(f"graph output {v.name!r}: not owned by the graph; mark an owned value with add_output")
@@ -794,7 +796,8 @@ class Graph:
                     p(f"node {n.name!r}: output {o.name!r} names another producer; outputs belong to one "
                       "node")
                 if owned.get(o.name) is not o:
-                    p(f"node {n.name!r}: output {o.name!r} does not belong to the graph")
+                    p(f"node {n.name!r}: output {o.name!r} does not belong to the graph; create outputs "
+                      "with graph.add_node")
                 defined.add(id(o))
             if spec is None:
                 p(f"node {n.name!r}: op {n.op_type!r} is not in the op table; supported: "
@@ -811,7 +814,8 @@ class Graph:
                 p(f"node {n.name!r}: attributes {diff} are missing or not explicit/normalised; every "
                   "attribute must be explicit (build nodes with graph.add_node)")
             if len(shapes) != len(n.outputs):
-                p(f"node {n.name!r}: has {len(n.outputs)} outputs, {n.op_type} gives {len(shapes)}")
+                p(f"node {n.name!r}: has {len(n.outputs)} outputs, {n.op_type} gives {len(shapes)}; "
+                  "rebuild the node with graph.add_node")
             for o, s in zip(n.outputs, shapes):
                 if o.shape != s:
                     p(f"node {n.name!r}: output {o.name!r} has shape {_fmt_shape(o.shape)} but shape "
