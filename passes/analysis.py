@@ -1,0 +1,522 @@
+"""The two analyses every morphism shares: channel flow and sign (DESIGN.md section 5).
+
+**Channel flow.** Start at a producer (a Conv with ``group=1`` or a Gemm) and follow its output's
+channel axis (axis 1, NCHW) downstream through each op's *channel behaviour* from the op table
+(:mod:`nashir.ops`):
+
+=============  ============================================================================
+transparent    Relu family, pooling, GlobalAveragePool, Dropout, Identity: follow.
+per-channel    BatchNormalization, Mul/Add by a per-channel constant, depthwise Conv: follow;
+               the op's per-channel arrays must be remapped too.
+absorber       Conv (group 1), Gemm: stop; the node's *input* weights (Conv OIHW axis 1, Gemm
+               ``W[out, in]`` axis 1) must be remapped.
+flatten        Flatten(axis=1): follow with a block size ``H*W``; in NCHW order channel ``c``
+               owns the columns ``c*H*W ... c*H*W + H*W - 1``.
+concat         Concat on axis 1: follow with a channel offset (the widths of earlier inputs).
+coupler        Add of two data tensors of one shape: every operand must change identically, so
+               the producers behind the other operand join the *producer group*.
+blocker        Reshape, Transpose, Softmax, LRN, grouped Conv, graph outputs, anything else:
+               not applicable, with the reason.
+=============  ============================================================================
+
+A carried channel range is a *segment* of a value's axis 1: ``(offset, block)`` means the ``n``
+source channels occupy elements ``offset ... offset + n*block - 1`` of that axis, channel ``c``
+owning the ``block`` consecutive elements from ``offset + c*block``.
+
+**Sign.** A value is known non-negative when produced by Relu (or Sigmoid, or Clip with a
+non-negative minimum), or by a transparent/concat op of known non-negative values (each op's
+``sign`` entry). Net2Deeper inserts a ReLU only there, where ReLU is the identity (Net2Net's
+idempotence condition; Chen, Goodfellow & Shlens 2016, arXiv 1511.05641, section 2.3).
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from nashir import ops as _ops
+from nashir.ir import Graph, Node, Value
+
+PRODUCER_OPS = ("Conv", "Gemm")
+
+_ACTIVATIONS = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "Dropout", "Identity"}
+
+
+@dataclass(frozen=True)
+class Carried:
+    """A value that carries source channels: ``n`` channels from ``offset`` with ``block`` elements each."""
+
+    value: Value
+    offset: int
+    block: int
+
+
+@dataclass(frozen=True)
+class Absorber:
+    """A node whose input ``input`` carries source channels at ``offset`` with ``block`` columns each.
+
+    Its input weights along axis 1 (Conv OIHW ``I``, Gemm ``W[out, in]`` ``in``) must be remapped.
+    """
+
+    node: Node
+    input: int
+    offset: int
+    block: int
+
+
+@dataclass(frozen=True)
+class PerChannelArray:
+    """A per-channel constant of a per-channel node that must follow the channel change.
+
+    Attributes:
+        node: the per-channel node (BatchNormalization, per-channel Mul/Add, depthwise Conv).
+        input: the index of the constant among ``node.inputs``.
+        axis: the axis of the constant that runs over channels; None when that axis has size 1
+            and broadcasts (nothing to change).
+        offset, block: the segment of the node's data input that carries source channels.
+    """
+
+    node: Node
+    input: int
+    axis: int | None
+    offset: int
+    block: int
+
+
+@dataclass
+class ChannelFlow:
+    """The result of :func:`channel_flow`.
+
+    Attributes:
+        source: the producer's node name, or the start value's name.
+        width: ``n``, the number of source channels.
+        producers: the producer group (the source producer first, then coupled producers in
+            graph order); empty when the flow starts at a value.
+        carried: every value carrying source channels, with its segment(s).
+        per_channel: the per-channel arrays to remap.
+        absorbers: the absorbing nodes and the segments of their inputs.
+        reason: None when the flow is applicable, else why not.
+    """
+
+    source: str
+    width: int
+    producers: list[Node] = field(default_factory=list)
+    carried: list[Carried] = field(default_factory=list)
+    per_channel: list[PerChannelArray] = field(default_factory=list)
+    absorbers: list[Absorber] = field(default_factory=list)
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+    def segments(self, value: Value) -> list[tuple[int, int]]:
+        """Sorted ``(offset, block)`` segments that ``value`` carries (empty if none)."""
+        return sorted((c.offset, c.block) for c in self.carried if c.value is value)
+
+    def summary(self) -> dict:
+        """A JSON-serialisable description (names instead of objects)."""
+        return {
+            "source": self.source,
+            "width": self.width,
+            "producers": [p.name for p in self.producers],
+            "carried": [[c.value.name, c.offset, c.block] for c in self.carried],
+            "per_channel": [[a.node.name, a.input, a.axis, a.offset, a.block] for a in self.per_channel],
+            "absorbers": [[a.node.name, a.input, a.offset, a.block] for a in self.absorbers],
+            "reason": self.reason,
+        }
+
+
+class _Restart(Exception):
+    def __init__(self, producers: list[Node]):
+        self.producers = producers
+
+
+class _Stop(Exception):
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+def _int_dim(v: Value, axis: int) -> int | None:
+    if v.shape is None or len(v.shape) <= axis:
+        return None
+    d = v.shape[axis]
+    return int(d) if isinstance(d, (int, np.integer)) else None
+
+
+def _blocker_reason(nd: Node, v: Value) -> str:
+    op = nd.op_type
+    why = {
+        "Reshape": "reshapes the tensor, so channels lose their place",
+        "Transpose": "permutes axes, so the channel axis moves",
+        "Softmax": "normalises across elements, so an added channel changes every output",
+        "LRN": "normalises across neighbouring channels",
+    }.get(op)
+    if why is None and op == "Conv":
+        why = (f"is a grouped convolution (group={nd.attrs.get('group')}) whose channel groups cannot grow "
+               "by copying")
+    if why is None and op == "Flatten":
+        why = f"flattens from axis {nd.attrs.get('axis')} (only axis=1 keeps channel blocks in NCHW order)"
+    if why is None and op == "Concat":
+        why = f"concatenates on axis {nd.attrs.get('axis')}, not on the channel axis 1"
+    if why is None and op in ("Add", "Mul"):
+        why = ("combines it with a tensor of another shape or with another data tensor, which does not "
+               "follow the channel change")
+    if why is None:
+        why = "has no channel rule in the op table (blocker)"
+    return f"{v.name!r} flows into node {nd.name!r} ({op}), which {why}"
+
+
+def _data_input_of_per_channel(nd: Node) -> int:
+    if nd.op_type in ("Add", "Mul"):
+        di = _ops.per_channel_const(nd)
+        return 0 if di is None else di
+    return 0
+
+
+def _per_channel_arrays(nd: Node, data: Value, offset: int, block: int) -> list[PerChannelArray]:
+    op = nd.op_type
+    if op == "BatchNormalization":
+        return [PerChannelArray(nd, i, 0, offset, block) for i in (1, 2, 3, 4)]
+    if op == "Conv":  # depthwise: weight (C, 1, kH, kW) and bias (C,)
+        out = [PerChannelArray(nd, 1, 0, offset, block)]
+        if len(nd.inputs) > 2 and nd.inputs[2] is not None:
+            out.append(PerChannelArray(nd, 2, 0, offset, block))
+        return out
+    if op in ("Add", "Mul"):
+        di = _data_input_of_per_channel(nd)
+        ci = 1 - di
+        c = nd.inputs[ci].const
+        r = len(data.shape)
+        axis = 1 - (r - c.ndim)
+        if axis < 0 or c.shape[axis] == 1:
+            return [PerChannelArray(nd, ci, None, offset, block)]
+        return [PerChannelArray(nd, ci, axis, offset, block)]
+    return []
+
+
+def _producer_width(nd: Node) -> int | None:
+    return _int_dim(nd.outputs[0], 1)
+
+
+def _is_producer(nd: Node) -> bool:
+    return nd.op_type == "Gemm" or (nd.op_type == "Conv" and nd.attrs.get("group", 1) == 1)
+
+
+def _trace_back(value: Value, offset: int, block: int, n: int) -> list[Node]:
+    """Producers whose outputs must change so that ``value``'s segment ``(offset, block)`` of ``n``
+    channels changes. Raises _Stop with a reason when it cannot."""
+    found: list[Node] = []
+    stack = [(value, offset, block)]
+    seen: set[tuple[int, int]] = set()
+    while stack:
+        v, o, b = stack.pop()
+        if (id(v), o) in seen:
+            continue
+        seen.add((id(v), o))
+        if b != 1:
+            raise _Stop(f"the residual sum couples it with {v.name!r}, which carries flattened columns "
+                        f"(block {b}); only channel tensors can be coupled")
+        nd = v.producer
+        if nd is None:
+            raise _Stop(f"a residual sum couples it with {v.name!r}, a graph input, which cannot be widened")
+        beh = _ops.get_op(nd.op_type).channel(nd)
+        if _is_producer(nd) and beh == _ops.ABSORBER:
+            w = _producer_width(nd)
+            if o == 0 and w == n:
+                if all(f is not nd for f in found):
+                    found.append(nd)
+                continue
+            raise _Stop(
+                f"a residual sum couples it with channels {o}..{o + n - 1} of {nd.name!r} ({nd.op_type}, "
+                f"{w} channels); only a producer's whole output can be widened"
+            )
+        if beh == _ops.TRANSPARENT:
+            stack.append((nd.inputs[0], o, b))
+        elif beh == _ops.PER_CHANNEL:
+            stack.append((nd.inputs[_data_input_of_per_channel(nd)], o, b))
+        elif beh == _ops.COUPLER:
+            stack.extend((x, o, b) for x in nd.inputs)
+        elif beh == _ops.CONCAT:
+            start = 0
+            for x in nd.inputs:
+                w = _int_dim(x, 1)
+                if w is None:
+                    raise _Stop(f"concat {nd.name!r} has an input {x.name!r} of unknown width")
+                if start <= o and o + n <= start + w:
+                    stack.append((x, o - start, b))
+                    break
+                if start < o + n and o < start + w:
+                    raise _Stop(
+                        f"a residual sum couples it with channels {o}..{o + n - 1} of concat {nd.name!r}, "
+                        f"which straddle its inputs"
+                    )
+                start += w
+            else:  # pragma: no cover - the shapes guarantee a match
+                raise _Stop(f"channels {o}..{o + n - 1} are outside concat {nd.name!r}")
+        else:
+            raise _Stop(
+                f"a residual sum couples it with {v.name!r}, produced by {nd.name!r} ({nd.op_type}), "
+                "which cannot be widened"
+            )
+    return found
+
+
+def _sweep(graph: Graph, pos: dict[int, int], seeds: list[Value], n: int, couple: bool,
+           producers: list[Node]) -> tuple[dict[int, set], list[PerChannelArray], list[Absorber]]:
+    segs: dict[int, set[tuple[int, int]]] = {id(v): {(0, 1)} for v in seeds}
+    heap: list[tuple[int, int]] = []
+    queued: set[int] = set()
+    node_at = {i: nd for nd, i in ((nd, pos[id(nd)]) for nd in graph.nodes)}
+
+    def push(v: Value) -> None:
+        for u, _ in v.uses:
+            if id(u) not in queued:
+                queued.add(id(u))
+                heapq.heappush(heap, (pos[id(u)], 0))
+
+    for v in seeds:
+        push(v)
+    per_channel: list[PerChannelArray] = []
+    absorbers: list[Absorber] = []
+    while heap:
+        p, _ = heapq.heappop(heap)
+        nd = node_at[p]
+        carried = [(i, v) for i, v in enumerate(nd.inputs) if v is not None and id(v) in segs]
+        beh = _ops.get_op(nd.op_type).channel(nd)
+        out: set[tuple[int, int]] | None = None
+        if beh == _ops.TRANSPARENT:
+            if any(i != 0 for i, _ in carried):
+                raise _Stop(_blocker_reason(nd, carried[0][1]))
+            out = set(segs[id(nd.inputs[0])])
+        elif beh == _ops.PER_CHANNEL:
+            di = _data_input_of_per_channel(nd)
+            if any(i != di for i, _ in carried):
+                raise _Stop(_blocker_reason(nd, carried[0][1]))
+            data = nd.inputs[di]
+            out = set(segs[id(data)])
+            for o, b in sorted(out):
+                per_channel.extend(_per_channel_arrays(nd, data, o, b))
+        elif beh == _ops.ABSORBER:
+            for i, v in carried:
+                if i != 0:
+                    raise _Stop(_blocker_reason(nd, v))
+                for o, b in sorted(segs[id(v)]):
+                    absorbers.append(Absorber(nd, i, o, b))
+        elif beh == _ops.FLATTEN:
+            x = nd.inputs[0]
+            spatial = x.shape[2:] if x.shape is not None else None
+            if spatial is None or not all(isinstance(d, (int, np.integer)) for d in spatial):
+                raise _Stop(f"{x.name!r} flows into Flatten {nd.name!r} with unknown spatial size {x.shape}")
+            hw = int(np.prod(spatial)) if len(spatial) else 1
+            out = {(o * hw, b * hw) for o, b in segs[id(x)]}
+        elif beh == _ops.CONCAT:
+            out = set()
+            start = 0
+            for x in nd.inputs:
+                w = _int_dim(x, 1)
+                if w is None:
+                    raise _Stop(f"concat {nd.name!r} has an input {x.name!r} of unknown width")
+                for o, b in segs.get(id(x), ()):
+                    out.add((start + o, b))
+                start += w
+        elif beh == _ops.COUPLER:
+            if not couple:
+                raise _Stop(
+                    f"{carried[0][1].name!r} flows into {nd.name!r} (Add of two tensors, a residual sum); "
+                    "the other operand would have to change too"
+                )
+            need: set[tuple[int, int]] = set()
+            for x in nd.inputs:
+                need |= segs.get(id(x), set())
+            new: list[Node] = []
+            for x in nd.inputs:
+                for o, b in sorted(need - segs.get(id(x), set())):
+                    for pr in _trace_back(x, o, b, n):
+                        if all(pr is not q for q in producers) and all(pr is not q for q in new):
+                            new.append(pr)
+            if new:
+                raise _Restart(new)
+            if any(segs.get(id(x), set()) != need for x in nd.inputs):
+                raise _Stop(f"the operands of {nd.name!r} (Add) cannot be made to carry the same channels")
+            out = need
+        else:
+            raise _Stop(_blocker_reason(nd, carried[0][1]))
+        if out is not None:
+            # segments must not overlap
+            spans = sorted((o, o + n * b) for o, b in out)
+            for (_, a1), (b0, _) in zip(spans, spans[1:]):
+                if b0 < a1:
+                    raise _Stop(f"{nd.outputs[0].name!r} would carry overlapping copies of the same channels")
+            o_v = nd.outputs[0]
+            if id(o_v) not in segs:
+                segs[id(o_v)] = out
+                push(o_v)
+            else:
+                segs[id(o_v)] |= out
+    return segs, per_channel, absorbers
+
+
+def channel_flow(graph: Graph, source: Node | Value | str, couple: bool = True) -> ChannelFlow:
+    """Follow the channel axis from a producer (or a value) to every node it reaches.
+
+    Args:
+        graph: the graph (unchanged).
+        source: a producer node (Conv with group 1, or Gemm), its name, or the name of its output;
+            or a :class:`Value` to start at that value (as a concat skip does at its target).
+        couple: follow residual sums (Add) by joining the producers of the other operand to the
+            producer group; when False a residual sum makes the flow not applicable.
+
+    Returns:
+        A :class:`ChannelFlow`; ``flow.reason`` is None when applicable, else says why not
+        (naming the node or value that blocks).
+
+    Source: DESIGN.md section 5 (channel flow); Net2Net (Chen et al. 2016, arXiv 1511.05641,
+    section 2.2) for the producer/consumer pair this generalises.
+    """
+    if isinstance(source, str):
+        source = graph.find_node(source)
+    if isinstance(source, Value):
+        n = _int_dim(source, 1)
+        flow = ChannelFlow(source.name, n or 0)
+        if source.is_const:
+            flow.reason = f"{source.name!r} is a constant (a weight), not a data tensor"
+            return flow
+        if n is None:
+            flow.reason = f"{source.name!r} has no known channel count (shape {source.shape})"
+            return flow
+        seeds: list[Value] = [source]
+        producers: list[Node] = []
+    else:
+        nd = source
+        n = _producer_width(nd)
+        flow = ChannelFlow(nd.name, n or 0)
+        if nd.op_type not in PRODUCER_OPS:
+            flow.reason = f"node {nd.name!r} is a {nd.op_type}; only Conv and Gemm produce channels to widen"
+            return flow
+        if not _is_producer(nd):
+            flow.reason = (f"node {nd.name!r} is a grouped convolution (group={nd.attrs.get('group')}); "
+                           "its output channels are tied to input groups, widen the producer of its "
+                           "input instead")
+            return flow
+        if n is None:
+            flow.reason = f"node {nd.name!r} has no known output width (shape {nd.outputs[0].shape})"
+            return flow
+        producers = [nd]
+        seeds = []
+    pos = {id(nd): i for i, nd in enumerate(graph.nodes)}
+    outputs = {id(v): v for v in graph.outputs}
+    for _ in range(len(graph.nodes) + 1):
+        cur_seeds = seeds + [p.outputs[0] for p in producers]
+        try:
+            segs, per_channel, absorbers = _sweep(graph, pos, cur_seeds, n, couple, producers)
+        except _Restart as r:
+            producers = producers + r.producers
+            continue
+        except _Stop as s:
+            flow.producers = producers
+            flow.reason = s.reason
+            return flow
+        break
+    else:  # pragma: no cover - producers only grow, so this cannot loop forever
+        flow.reason = "the producer group did not settle"
+        return flow
+    hit = [outputs[k] for k in segs if k in outputs]
+    flow.producers = sorted(producers, key=lambda p: (p is not producers[0], pos[id(p)]))
+    if hit:
+        flow.reason = (f"{hit[0].name!r} is a graph output and carries these channels; changing its width "
+                       "would change the model's output shape")
+        return flow
+    by_id = {}
+    for nd in graph.nodes:
+        for o in nd.outputs:
+            by_id[id(o)] = o
+    for v in seeds:
+        by_id[id(v)] = v
+    flow.carried = [Carried(by_id[k], o, b) for k in sorted(segs, key=lambda k: _order(by_id[k], pos))
+                    for o, b in sorted(segs[k])]
+    flow.per_channel = per_channel
+    flow.absorbers = absorbers
+    return flow
+
+
+def _order(v: Value, pos: dict[int, int]) -> int:
+    return -1 if v.producer is None else pos[id(v.producer)]
+
+
+# ---------------------------------------------------------------------------------------------- sign
+
+
+def nonneg_values(graph: Graph) -> dict[str, bool]:
+    """Which data values are known non-negative, by name.
+
+    A graph input is not; a constant is when all its entries are >= 0; a node output is when the
+    op's ``sign`` rule says so given its inputs (Relu: always; transparent and concat ops: when
+    their inputs are). Source: DESIGN.md section 5 (sign analysis).
+    """
+    known: dict[int, bool] = {}
+    out: dict[str, bool] = {}
+    for v in graph.inputs:
+        known[id(v)] = False
+        out[v.name] = False
+    for nd in graph.nodes:
+        flags = []
+        for v in nd.inputs:
+            if v is None:
+                flags.append(False)
+            elif v.is_const:
+                flags.append(bool(np.all(v.const >= 0)))
+            else:
+                flags.append(known.get(id(v), False))
+        try:
+            s = bool(_ops.get_op(nd.op_type).sign(nd, flags))
+        except Exception:  # noqa: BLE001 - an unknown sign is "not known non-negative"
+            s = False
+        for o in nd.outputs:
+            known[id(o)] = s
+            out[o.name] = s
+    return out
+
+
+def is_nonneg(graph: Graph, value: Value | str) -> bool:
+    """True when ``value`` is known non-negative (see :func:`nonneg_values`)."""
+    v = graph.find_value(value) if isinstance(value, str) else value
+    return nonneg_values(graph).get(v.name, False)
+
+
+# ---------------------------------------------------------------------------------------------- layers
+
+
+def is_layer_output(v: Value) -> bool:
+    """True for a data value at a layer boundary: produced by a node, and not consumed *only* by
+    element-wise per-channel or activation ops of the same layer (BatchNormalization, the Relu
+    family, Dropout, Identity, per-channel Mul/Add). In Conv -> BN -> Relu only the Relu output is
+    a layer output. Deepening and skips are drawn between layer outputs (NASH section 5.1 inserts
+    whole Conv-BN-ReLU blocks and connects layers)."""
+    if v.is_const or v.producer is None:
+        return False
+    cons = v.consumers()
+    if not cons:
+        return False
+
+    def inner(u: Node) -> bool:
+        if u.op_type == "BatchNormalization" or u.op_type in _ACTIVATIONS:
+            return True
+        return u.op_type in ("Add", "Mul") and _ops.per_channel_const(u) is not None
+
+    return not all(inner(u) for u in cons)
+
+
+def layer_outputs(graph: Graph) -> list[Value]:
+    """The layer outputs of ``graph`` (see :func:`is_layer_output`), in graph order, excluding
+    graph outputs."""
+    outs = {id(v) for v in graph.outputs}
+    return [o for nd in graph.nodes for o in nd.outputs if id(o) not in outs and is_layer_output(o)]
+
+
+__all__ = [
+    "Carried", "Absorber", "PerChannelArray", "ChannelFlow", "channel_flow", "nonneg_values", "is_nonneg",
+    "is_layer_output", "layer_outputs", "PRODUCER_OPS",
+]

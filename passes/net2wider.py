@@ -1,0 +1,248 @@
+"""Net2Wider: widen a producer (Conv or Gemm) from ``n`` to ``q > n`` output channels, exactly.
+
+Source: Chen, Goodfellow & Shlens, "Net2Net: Accelerating Learning via Knowledge Transfer"
+(ICLR 2016, arXiv 1511.05641), section 2.2 (Net2WiderNet); NASH (Elsken, Metzen & Hutter 2017,
+arXiv 1711.04528) section 4.1, network morphism type II; DESIGN.md section 5.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from nashir.errors import GraphError, NashirError, PassError
+from nashir.ir import Graph, Node
+
+from .analysis import ChannelFlow, channel_flow
+from .base import Pass, PassResult, Site, register_pass
+from .transforms import SPLITS, replica_split, segment_map, split_columns, take_channels, widen_mapping
+
+# fill values for *fresh* channels (no source) of per-channel arrays, by op and input index
+_FRESH_FILL = {
+    ("BatchNormalization", 1): 1.0,  # scale
+    ("BatchNormalization", 2): 0.0,  # bias
+    ("BatchNormalization", 3): 0.0,  # running mean
+    ("BatchNormalization", 4): 1.0,  # running var
+    ("Mul", 0): 1.0, ("Mul", 1): 1.0,
+    ("Add", 0): 0.0, ("Add", 1): 0.0,
+}
+
+
+@dataclass(frozen=True)
+class NodeSite(Site):
+    """A site at one node, by name (``str`` is the name)."""
+
+    node: str
+
+    def __str__(self) -> str:
+        return self.node
+
+
+def _private_const(graph: Graph, node: Node, i: int):
+    """The constant at ``node.inputs[i]``, first copied to a new constant when another node (or
+    another input of the same node) shares it, so changing it changes only this use."""
+    v = node.inputs[i]
+    if len(v.uses) > 1:
+        nv = graph.add_const(v.const.copy(), f"{node.name}.in{i}")
+        graph.set_input(node, i, nv)
+        return nv
+    return v
+
+
+def remap_channels(graph: Graph, flow: ChannelFlow, local_idx: np.ndarray,
+                   local_weight: np.ndarray | None = None, producer_rows: bool = True) -> dict:
+    """Change the source channels of ``flow`` from ``n`` to ``q = len(local_idx)``, in place.
+
+    New source channel ``j`` copies old channel ``local_idx[j]`` (``-1``: a fresh channel) in the
+    producers' rows and biases (when ``producer_rows``) and in every per-channel array; every
+    absorber's input column for new channel ``j`` is old column ``local_idx[j]`` times
+    ``local_weight[j]`` (zero for fresh channels). Through a Flatten the factor applies to whole
+    ``H*W`` column blocks; through a Concat the offsets of later channels shift. Then output shapes
+    are inferred again.
+
+    Args:
+        graph: the graph ``flow`` was computed on.
+        flow: an applicable :class:`~nashir.passes.analysis.ChannelFlow`.
+        local_idx: int array of length ``q``, entries in ``[0, n)`` or ``-1``.
+        local_weight: factor per new channel (default 1).
+        producer_rows: remap the producers' output rows (False when the flow starts at a value).
+
+    Returns:
+        ``{"changed": [constant names]}``.
+
+    Raises:
+        PassError: the flow is not applicable, or the new shapes do not infer (the graph's arrays
+            and attributes are restored).
+    """
+    if not flow.ok:
+        raise PassError(
+            f"remap_channels: the channel flow from {flow.source!r} is not applicable: {flow.reason}")
+    n = flow.width
+    local_idx = np.asarray(local_idx, dtype=np.int64)
+    q = len(local_idx)
+    new: dict[tuple[int, int], tuple[Node, int, np.ndarray]] = {}
+
+    def cur(node: Node, i: int) -> np.ndarray:
+        k = (id(node), i)
+        return new[k][2] if k in new else node.inputs[i].const
+
+    def put(node: Node, i: int, arr: np.ndarray) -> None:
+        new[(id(node), i)] = (node, i, arr)
+
+    attrs: list[tuple[Node, str, int]] = []
+    if producer_rows:
+        for p in flow.producers:
+            put(p, 1, take_channels(cur(p, 1), local_idx, 0))
+            if len(p.inputs) > 2 and p.inputs[2] is not None:
+                put(p, 2, take_channels(cur(p, 2), local_idx, -1))
+    maps: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def value_map(v) -> tuple[np.ndarray, np.ndarray]:
+        if id(v) not in maps:
+            maps[id(v)] = segment_map(int(v.shape[1]), flow.segments(v), n, local_idx, local_weight)
+        return maps[id(v)]
+
+    done_pc: set[tuple[int, int]] = set()
+    for a in flow.per_channel:
+        if a.axis is None or (id(a.node), a.input) in done_pc:
+            continue
+        done_pc.add((id(a.node), a.input))
+        per_op_data = a.node.op_type in ("BatchNormalization", "Conv")
+        data = a.node.inputs[0] if per_op_data else a.node.inputs[1 - a.input]
+        idx, _ = value_map(data)
+        fill = _FRESH_FILL.get((a.node.op_type, a.input), 0.0)
+        put(a.node, a.input, take_channels(cur(a.node, a.input), idx, a.axis, fill=fill))
+        if a.node.op_type == "Conv" and a.input == 1:  # depthwise: one group per channel
+            attrs.append((a.node, "group", len(idx)))
+    done_abs: set[int] = set()
+    for a in flow.absorbers:
+        if id(a.node) in done_abs:
+            continue
+        done_abs.add(id(a.node))
+        idx, w = value_map(a.node.inputs[a.input])
+        put(a.node, 1, split_columns(cur(a.node, 1), idx, w, axis=1))
+    # --- commit: unshare, then set, then infer shapes (restored on failure)
+    targets = [(node, i, arr) for node, i, arr in new.values()]
+    values = [_private_const(graph, node, i) for node, i, _ in targets]
+    old_arrays = [v.const for v in values]
+    old_attrs = [(node, dict(node.attrs)) for node, _, _ in attrs]
+    for v, (_, _, arr) in zip(values, targets):
+        graph.set_const(v, arr)
+    for node, key, val in attrs:
+        node.attrs = {**node.attrs, key: int(val)}
+    try:
+        graph.infer_shapes()
+    except NashirError as e:
+        for v, arr in zip(values, old_arrays):
+            graph.set_const(v, arr)
+        for node, a in old_attrs:
+            node.attrs = a
+        raise PassError(
+            f"changing the channels of {flow.source!r} to {q} left shapes that do not infer: {e}") from e
+    return {"changed": sorted(v.name for v in values)}
+
+
+@register_pass
+class Net2Wider(Pass):
+    """Widen a Conv (group 1) or Gemm producer from ``n`` to ``q > n`` outputs, keeping the function.
+
+    New output ``j`` copies output ``g(j)`` (:func:`~nashir.passes.transforms.widen_mapping`): the
+    producer's weight rows and bias, and every per-channel array on the way (BatchNorm scale, bias,
+    running mean and variance; per-channel Mul/Add constants; depthwise kernels) are copied by
+    ``g``. Every absorber's input column for channel ``c`` is split among the replicas ``R(c)``
+    with factors summing to one (``split="equal"``: ``1/|R(c)|`` as in Net2Net; ``"random"``: a
+    random split that breaks the symmetry between replicas). After a Flatten the split applies to
+    whole ``H*W`` column blocks; producers coupled through residual sums are widened with the same
+    ``g``. Source: Net2Net section 2.2; NASH section 4.1 (type II).
+
+    Args:
+        width: the new width ``q`` (must exceed the current one), or
+        factor: ``q = ceil(n * factor)`` (> 1); with neither, a factor drawn from ``factors``.
+        factors: the factors drawn when neither is given; NASH section 5.1 samples the widening
+            factor from {2, 4}.
+        split: ``"equal"`` or ``"random"``.
+
+    Raises:
+        PassError: inconsistent options.
+    """
+
+    name = "net2wider"
+    exact = True
+    description = "widen a Conv/Gemm by copying channels (Net2WiderNet); coupled producers too"
+
+    def __init__(self, width: int | None = None, factor: float | None = None,
+                 factors: tuple[float, ...] = (2, 4), split: str = "equal"):
+        if width is not None and factor is not None:
+            raise PassError("net2wider: give either width or factor, not both")
+        if width is not None and (int(width) != width or width < 1):
+            raise PassError(f"net2wider: width must be a positive integer, got {width!r}")
+        if factor is not None and not factor > 1:
+            raise PassError(f"net2wider: factor must be larger than 1, got {factor!r}")
+        if not factors or any(not f > 1 for f in factors):
+            raise PassError(f"net2wider: every factor in factors must be larger than 1, got {factors!r}")
+        if split not in SPLITS:
+            raise PassError(f"net2wider: split must be one of {', '.join(SPLITS)}, got {split!r}")
+        self.width = None if width is None else int(width)
+        self.factor = factor
+        self.factors = tuple(factors)
+        self.split = split
+
+    def target_width(self, n: int, rng: np.random.Generator | None = None) -> int:
+        """The new width for a producer of ``n`` channels (draws a factor when none is set)."""
+        if self.width is not None:
+            return self.width
+        f = self.factor
+        if f is None:
+            f = self.factors[int(rng.integers(len(self.factors)))] if rng is not None else self.factors[0]
+        return max(n + 1, int(math.ceil(n * f - 1e-9)))
+
+    def _node(self, graph: Graph, site: NodeSite) -> Node | str:
+        try:
+            return graph.node(site.node)
+        except GraphError as e:
+            return str(e)
+
+    def check(self, graph: Graph, site: NodeSite) -> str | None:
+        nd = self._node(graph, site)
+        if isinstance(nd, str):
+            return nd
+        flow = channel_flow(graph, nd)
+        if not flow.ok:
+            return flow.reason
+        if self.width is not None and self.width <= flow.width:
+            return (f"the new width {self.width} is not larger than the current {flow.width} channels of "
+                    f"{nd.name!r}; give a larger width")
+        return None
+
+    def sites(self, graph: Graph) -> list[NodeSite]:
+        out: list[NodeSite] = []
+        seen: set[int] = set()
+        for nd in graph.nodes:
+            if nd.op_type not in ("Conv", "Gemm") or id(nd) in seen:
+                continue
+            flow = channel_flow(graph, nd)
+            seen.update(id(p) for p in flow.producers)
+            if flow.ok and (self.width is None or self.width > flow.width):
+                out.append(NodeSite(nd.name))
+        return out
+
+    def parse_site(self, graph: Graph, text: str) -> NodeSite:
+        return NodeSite(graph.find_node(text).name)
+
+    def rewrite(self, graph: Graph, site: NodeSite, rng: np.random.Generator) -> PassResult:
+        nd = graph.node(site.node)
+        flow = channel_flow(graph, nd)
+        n = flow.width
+        q = self.target_width(n, rng)
+        g = widen_mapping(n, q, rng)
+        s = replica_split(g, n, self.split, rng)
+        remap_channels(graph, flow, g, s, producer_rows=True)
+        return PassResult(graph, True, {
+            "node": nd.name, "producers": [p.name for p in flow.producers], "from": int(n), "to": int(q),
+            "split": self.split, "new_sources": [int(x) for x in g[n:]],
+        })
+
+
+__all__ = ["Net2Wider", "NodeSite", "remap_channels"]

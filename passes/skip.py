@@ -1,0 +1,243 @@
+"""Skip connections as exact morphisms: ``add-skip`` and ``concat-skip``.
+
+Source: NASH (Elsken, Metzen & Hutter 2017, arXiv 1711.04528) section 4.1, network morphism
+type III (skip connections by addition or concatenation, with zero-initialised weights so the
+function is kept); DESIGN.md section 5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from nashir.errors import GraphError, PassError
+from nashir.ir import Graph, Node, Value
+
+from .analysis import channel_flow, layer_outputs
+from .base import Pass, PassResult, Site, register_pass
+from .net2wider import remap_channels
+from .transforms import pool_factors
+
+
+@dataclass(frozen=True)
+class SkipSite(Site):
+    """A skip from value ``src`` to value ``dst`` (``str``: ``"src->dst"``)."""
+
+    src: str
+    dst: str
+
+    def __str__(self) -> str:
+        return f"{self.src}->{self.dst}"
+
+
+def parse_skip(graph: Graph, text: str) -> SkipSite:
+    """Read ``SRC->DST`` or ``SRC:DST`` (value or node names; a name may itself contain ``:``).
+
+    Raises:
+        GraphError: no split of ``text`` names two values; suggests close names.
+    """
+    for sep in ("->", ":"):
+        parts = text.split(sep)
+        for k in range(1, len(parts)):
+            a, b = sep.join(parts[:k]), sep.join(parts[k:])
+            try:
+                return SkipSite(graph.find_value(a).name, graph.find_value(b).name)
+            except GraphError:
+                continue
+    for sep in ("->", ":"):
+        if sep in text:
+            a, b = text.split(sep, 1)
+            graph.find_value(a)  # raises with suggestions
+            graph.find_value(b)
+    raise GraphError(f"skip {text!r}: expected SRC:DST (or SRC->DST) naming two values or nodes")
+
+
+def skip_reason(graph: Graph, a: Value, b: Value) -> str | None:
+    """Why a skip from ``a`` to ``b`` is impossible (shape and graph reasons), or None."""
+    for v in (a, b):
+        if v.is_const:
+            return f"{v.name!r} is a constant (a weight), not a data tensor"
+    if a is b:
+        return f"source and target are the same value {a.name!r}"
+    if not graph.is_ancestor(a, b):
+        return (f"{a.name!r} is not an ancestor of {b.name!r} (the skip would not run forward, or would "
+                "make a cycle); pick a source upstream of the target")
+    if any(o is b for o in graph.outputs):
+        return f"{b.name!r} is a graph output; a skip into it would rename the model's output"
+    ra, rb = len(a.shape or ()), len(b.shape or ())
+    if ra != rb or ra not in (2, 4):
+        return (f"{a.name!r} has shape {list(a.shape or ())} and {b.name!r} {list(b.shape or ())}; a skip "
+                "joins two N x C x H x W maps or two N x F vectors")
+    dims = list(a.shape[1:]) + list(b.shape[1:])
+    if not all(isinstance(d, (int, np.integer)) for d in dims):
+        return f"{a.name!r} or {b.name!r} has a symbolic size ({a.shape} vs {b.shape})"
+    if ra == 4 and pool_factors(a.shape[2:], b.shape[2:]) is None:
+        return (f"spatial sizes {list(a.shape[2:])} of {a.name!r} and {list(b.shape[2:])} of {b.name!r} "
+                "differ by no factor that pooling (kernel = stride = factor) can match")
+    return None
+
+
+def _path(graph: Graph, a: Value, b: Value, out_channels: int, weight: np.ndarray,
+          pool: str) -> tuple[Value, list[Node]]:
+    """``P(a)``: optional pooling to ``b``'s spatial size, then a 1x1 Conv (or a Gemm for flat values)
+    with ``weight`` (no bias). Returns its output and the new nodes."""
+    nodes: list[Node] = []
+    x = a
+    if len(a.shape) == 4:
+        fs, ceil = pool_factors(a.shape[2:], b.shape[2:])
+        if any(f > 1 for f in fs):
+            op = "MaxPool" if pool == "max" else "AveragePool"
+            pn = graph.add_node(op, [x], {"kernel_shape": fs, "strides": fs, "pads": [0, 0, 0, 0],
+                                          "ceil_mode": int(ceil)}, name=graph.auto_node_name(op))
+            nodes.append(pn)
+            x = pn.outputs[0]
+        name = graph.auto_node_name("Conv")
+        w = graph.add_const(weight.reshape(out_channels, int(a.shape[1]), 1, 1), f"{name}.weight")
+        cn = graph.add_node("Conv", [x, w], {"kernel_shape": [1, 1], "strides": [1, 1], "pads": [0, 0, 0, 0],
+                                             "dilations": [1, 1], "group": 1}, name=name)
+    else:
+        name = graph.auto_node_name("Gemm")
+        w = graph.add_const(weight.reshape(out_channels, int(a.shape[1])), f"{name}.weight")
+        cn = graph.add_node("Gemm", [x, w], {"transB": 1}, name=name)
+    nodes.append(cn)
+    return cn.outputs[0], nodes
+
+
+class _Skip(Pass):
+    exact = True
+
+    def __init__(self, pool: str = "avg"):
+        if pool not in ("avg", "max"):
+            raise PassError(f"{self.name}: pool must be 'avg' or 'max', got {pool!r}")
+        self.pool = pool
+
+    def _resolve(self, graph: Graph, site: SkipSite) -> tuple[Value, Value] | str:
+        try:
+            return graph.find_value(site.src), graph.find_value(site.dst)
+        except GraphError as e:
+            return str(e)
+
+    def check(self, graph: Graph, site: SkipSite) -> str | None:
+        r = self._resolve(graph, site)
+        if isinstance(r, str):
+            return r
+        return skip_reason(graph, *r)
+
+    def sites(self, graph: Graph) -> list[SkipSite]:
+        """Every (source, target) pair of layer outputs (see :func:`~nashir.passes.analysis.layer_outputs`)
+        where the source is a strict ancestor of the target and the check passes."""
+        layers = layer_outputs(graph)
+        if len(layers) < 2:
+            return []
+        # ancestor sets as bit masks over the layer outputs
+        bit = {id(v): 1 << i for i, v in enumerate(layers)}
+        anc: dict[int, int] = {id(v): 0 for v in graph.inputs}
+        for nd in graph.nodes:
+            m = 0
+            for x in nd.inputs:
+                if x is not None and not x.is_const:
+                    m |= anc.get(id(x), 0) | bit.get(id(x), 0)
+            for o in nd.outputs:
+                anc[id(o)] = m
+        out: list[SkipSite] = []
+        for b in layers:
+            for a in layers:
+                if anc[id(b)] & bit[id(a)]:
+                    site = SkipSite(a.name, b.name)
+                    if self.check(graph, site) is None:
+                        out.append(site)
+        return out
+
+    def parse_site(self, graph: Graph, text: str) -> SkipSite:
+        return parse_skip(graph, text)
+
+
+@register_pass
+class AddSkip(_Skip):
+    """``b' = b + P(a)``: a residual connection from ``a`` to ``b`` that starts at zero.
+
+    ``P`` is a 1x1 Conv (``C_a -> C_b``, OIHW ``(C_b, C_a, 1, 1)``, all zeros, no bias), preceded by
+    pooling (AveragePool or MaxPool, kernel = stride = the integer factor between the spatial
+    sizes) when ``a`` is larger than ``b``; for flat values a zero Gemm ``W[C_b, C_a]``. ``P(a)``
+    is zero, so the function is kept; the gradient with respect to ``P``'s weights is not, so
+    the skip trains. NASH's convex form ``lambda*b + (1-lambda)*a`` with lambda = 1 is the same
+    function. Source: NASH section 4.1 (type III).
+
+    Args:
+        pool: ``"avg"`` or ``"max"``.
+    """
+
+    name = "add-skip"
+    description = "add a zero-initialised residual connection b' = b + conv1x1(pool(a))"
+
+    def rewrite(self, graph: Graph, site: SkipSite, rng: np.random.Generator) -> PassResult:
+        a, b = graph.find_value(site.src), graph.find_value(site.dst)
+        cb, ca = int(b.shape[1]), int(a.shape[1])
+        p_out, nodes = _path(graph, a, b, cb, np.zeros((cb, ca), np.float32), self.pool)
+        add = graph.add_node("Add", [b, p_out], name=graph.auto_node_name("Add"))
+        graph.replace_all_uses_with(b, add.outputs[0], exclude=[add])
+        nodes.append(add)
+        return PassResult(graph, True, {"src": a.name, "dst": b.name, "nodes": [n.name for n in nodes],
+                                        "pooling": [n.name for n in nodes if "Pool" in n.op_type]})
+
+
+@register_pass
+class ConcatSkip(_Skip):
+    """``b' = Concat(b, P(a))`` on the channel axis; every consumer of ``b`` gets zero input
+    weights for the new channels, found through the channel flow from ``b`` (per-channel arrays on
+    the way get neutral values: BatchNorm scale 1, bias 0, mean 0, var 1).
+
+    ``P`` is pooling as in :class:`AddSkip`, then a 1x1 Conv ``C_a -> m`` (``m = channels`` or
+    ``C_a``) with He-initialised weights (He et al. 2015, eq. 10: std ``sqrt(2 / C_a)``), not
+    zeros: the consumers' new weights are zero, so the function is kept, and since ``P(a)`` is
+    not zero those weights get a gradient (zeros on both sides would never train). Not applicable
+    when ``b`` flows into a residual sum, whose other operand would have to grow too. Source: NASH
+    section 4.1 (type III, concatenation).
+
+    Args:
+        pool: ``"avg"`` or ``"max"``.
+        channels: new channels ``m``; default ``C_a``.
+    """
+
+    name = "concat-skip"
+    description = "concatenate conv1x1(pool(a)) to b; b's consumers get zero weights for it"
+
+    def __init__(self, pool: str = "avg", channels: int | None = None):
+        super().__init__(pool)
+        if channels is not None and (int(channels) != channels or channels < 1):
+            raise PassError(f"concat-skip: channels must be a positive integer, got {channels!r}")
+        self.channels = None if channels is None else int(channels)
+
+    def check(self, graph: Graph, site: SkipSite) -> str | None:
+        reason = super().check(graph, site)
+        if reason is not None:
+            return reason
+        b = graph.find_value(site.dst)
+        flow = channel_flow(graph, b, couple=False)
+        return None if flow.ok else f"{b.name!r} cannot take new channels: {flow.reason}"
+
+    def rewrite(self, graph: Graph, site: SkipSite, rng: np.random.Generator) -> PassResult:
+        a, b = graph.find_value(site.src), graph.find_value(site.dst)
+        ca, cb = int(a.shape[1]), int(b.shape[1])
+        m = self.channels or ca
+        # Built with zero new channels first, so that every rewire keeps shapes (graph mutators
+        # only rewire between equal shapes); then the channel flow from the concat grows it.
+        p_out, nodes = _path(graph, a, b, 0, np.zeros((0, ca), np.float32), self.pool)
+        cat = graph.insert_after(b, "Concat", [p_out], {"axis": 1}, name=graph.auto_node_name("Concat"))
+        nodes.append(cat)
+        flow = channel_flow(graph, cat.outputs[0], couple=False)
+        if not flow.ok:  # pragma: no cover - check() ran the same flow from b
+            raise PassError(f"concat-skip {site}: {flow.reason}")
+        w = rng.normal(0.0, np.sqrt(2.0 / ca), (m, ca)).astype(np.float32)
+        proj = nodes[-2]  # the 1x1 Conv (or Gemm) of P
+        graph.set_const(proj.inputs[1], w.reshape((m, ca, 1, 1) if len(a.shape) == 4 else (m, ca)))
+        local_idx = np.concatenate([np.arange(cb), -np.ones(m, dtype=np.int64)])
+        local_w = np.concatenate([np.ones(cb), np.zeros(m)])
+        remap_channels(graph, flow, local_idx, local_w, producer_rows=False)
+        return PassResult(graph, True, {"src": a.name, "dst": b.name, "channels": int(m),
+                                        "nodes": [n.name for n in nodes],
+                                        "pooling": [n.name for n in nodes if "Pool" in n.op_type]})
+
+
+__all__ = ["AddSkip", "ConcatSkip", "SkipSite", "parse_skip", "skip_reason"]

@@ -1,0 +1,219 @@
+"""Weight transforms of the morphisms, as plain numpy functions (unit-testable alone).
+
+Layouts: Conv weights are OIHW ``(C_out, C_in/group, kH, kW)``; Gemm weights ``W[out, in]``;
+per-channel arrays are indexed by channel. A *channel map* ``idx`` of a new axis gives, for each
+new position, the old position it copies (``-1``: a fresh position with no source), and a
+*weight* array gives the factor an absorber's input column gets there (Net2Net's split).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+SPLITS = ("equal", "random")
+
+
+def widen_mapping(n: int, q: int, rng: np.random.Generator) -> np.ndarray:
+    """Net2WiderNet's random mapping ``g: {0..q-1} -> {0..n-1}``.
+
+    ``g(j) = j`` for ``j < n``; for ``n <= j < q``, ``g(j)`` is drawn uniformly from ``[0, n)``.
+    Source: Chen, Goodfellow & Shlens, "Net2Net" (arXiv 1511.05641), section 2.2, eq. (1).
+
+    Raises:
+        ValueError: ``q < n`` or ``n < 1``.
+    """
+    if n < 1 or q < n:
+        raise ValueError(f"widen_mapping needs 1 <= n <= q, got n={n}, q={q}")
+    extra = rng.integers(0, n, size=q - n) if q > n else np.zeros(0, dtype=np.int64)
+    return np.concatenate([np.arange(n, dtype=np.int64), extra.astype(np.int64)])
+
+
+def replica_split(g: np.ndarray, n: int, split: str = "equal",
+                  rng: np.random.Generator | None = None) -> np.ndarray:
+    """Factors that split an absorber's input column for channel ``c`` among its replicas ``R(c)``.
+
+    ``equal``: ``1/|R(c)|`` (Net2Net section 2.2, the ``1/|{x | g(x) = g(j)}|`` factor).
+    ``random``: a Dirichlet(1, ..., 1) draw over ``R(c)``: positive factors that still sum to one,
+    so the morphism stays exact while replicas get different outgoing weights (and hence different
+    gradients). A channel without copies keeps factor 1 exactly.
+
+    Args:
+        g: the mapping, length ``q``.
+        n: the number of source channels.
+        split: ``"equal"`` or ``"random"``.
+        rng: needed for ``"random"``.
+
+    Returns:
+        float64 array of length ``q``; for every ``c``, the factors over ``R(c)`` sum to one.
+
+    Raises:
+        ValueError: unknown split, or ``"random"`` without ``rng``.
+    """
+    g = np.asarray(g, dtype=np.int64)
+    counts = np.bincount(g, minlength=n)
+    if split == "equal":
+        return 1.0 / counts[g]
+    if split != "random":
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if rng is None:
+        raise ValueError("split='random' needs an rng")
+    out = np.ones(len(g), dtype=np.float64)
+    for c in np.nonzero(counts > 1)[0]:
+        members = np.nonzero(g == c)[0]
+        out[members] = rng.dirichlet(np.ones(len(members)))
+    return out
+
+
+def segment_map(total: int, segments: Sequence[tuple[int, int]], n: int, local_idx: np.ndarray,
+                local_weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Expand a channel map of ``n -> q`` source channels to a whole axis carrying them.
+
+    Args:
+        total: the old length of the axis.
+        segments: ``(offset, block)`` pairs: the ``n`` source channels occupy elements
+            ``offset ... offset + n*block - 1``, channel ``c`` owning ``block`` consecutive
+            elements (``block = H*W`` after a Flatten of NCHW maps, else 1). Non-overlapping.
+        n: number of source channels.
+        local_idx: length ``q``; new source channel ``j`` copies old channel ``local_idx[j]``
+            (``-1``: fresh).
+        local_weight: length ``q`` factor per new channel (default 1); applies to the whole block.
+
+    Returns:
+        ``(idx, weight)`` over the new axis: old position copied (``-1`` fresh) and its factor.
+        Positions outside the segments keep their old position (shifted) with factor 1.
+    """
+    local_idx = np.asarray(local_idx, dtype=np.int64)
+    q = len(local_idx)
+    lw = np.ones(q) if local_weight is None else np.asarray(local_weight, dtype=np.float64)
+    idx_parts: list[np.ndarray] = []
+    w_parts: list[np.ndarray] = []
+    pos = 0
+    for o, b in sorted(segments):
+        if o < pos:
+            raise ValueError(f"segments {sorted(segments)} overlap")
+        idx_parts.append(np.arange(pos, o, dtype=np.int64))
+        w_parts.append(np.ones(o - pos))
+        j = np.repeat(local_idx, b)
+        k = np.tile(np.arange(b, dtype=np.int64), q)
+        idx_parts.append(np.where(j >= 0, o + j * b + k, -1))
+        w_parts.append(np.repeat(lw, b))
+        pos = o + n * b
+    if pos > total:
+        raise ValueError(f"segments {sorted(segments)} of {n} channels run past the axis length {total}")
+    idx_parts.append(np.arange(pos, total, dtype=np.int64))
+    w_parts.append(np.ones(total - pos))
+    return np.concatenate(idx_parts), np.concatenate(w_parts)
+
+
+def take_channels(arr: np.ndarray, idx: np.ndarray, axis: int = 0, fill: float = 0.0) -> np.ndarray:
+    """``arr`` remapped along ``axis``: new position ``i`` copies old ``idx[i]``; ``-1`` gets ``fill``.
+
+    Used for producer rows (Conv OIHW axis 0, Gemm ``W[out, in]`` axis 0, biases) and per-channel
+    arrays (BatchNormalization scale/bias/mean/var, per-channel Mul/Add constants, depthwise
+    weights). Keeps the dtype.
+    """
+    idx = np.asarray(idx, dtype=np.int64)
+    fresh = idx < 0
+    out = np.take(arr, np.where(fresh, 0, idx), axis=axis)
+    if fresh.any():
+        sl = [slice(None)] * arr.ndim
+        sl[axis] = fresh
+        out[tuple(sl)] = fill
+    return out
+
+
+def split_columns(w: np.ndarray, idx: np.ndarray, weight: np.ndarray, axis: int = 1) -> np.ndarray:
+    """An absorber's input weights remapped along ``axis`` (Conv OIHW axis 1, Gemm ``W[out, in]``
+    axis 1): new column ``i`` is old column ``idx[i]`` times ``weight[i]``; ``-1`` gives zeros.
+
+    With the Net2Net split (:func:`replica_split`) the replicas of an old column sum to it, so the
+    absorber's output is unchanged (Net2Net section 2.2, eq. (2)).
+    """
+    out = take_channels(w, idx, axis, fill=0.0)
+    shape = [1] * w.ndim
+    shape[axis] = len(idx)
+    factor = np.asarray(weight, dtype=np.float64).reshape(shape)
+    if np.all(factor == 1.0):
+        return out
+    return (out * factor).astype(w.dtype)
+
+
+def identity_conv_weight(channels: int, kernel: int | Sequence[int], dtype=np.float32) -> np.ndarray:
+    """OIHW ``(C, C, kH, kW)`` weight of a Conv that is the identity (stride 1, pads ``(k-1)//2``).
+
+    One at the centre tap ``((kH-1)//2, (kW-1)//2)`` of channel ``i -> i``, zero elsewhere.
+    Source: Net2DeeperNet (Net2Net section 2.3) / NASH section 4.1 (morphism type I).
+
+    Raises:
+        ValueError: an even kernel (no centre tap keeps the size with symmetric pads).
+    """
+    kh, kw = (kernel, kernel) if isinstance(kernel, (int, np.integer)) else tuple(kernel)
+    if kh % 2 == 0 or kw % 2 == 0 or kh < 1 or kw < 1:
+        raise ValueError(f"an identity conv needs odd kernel sizes, got {kh}x{kw}")
+    w = np.zeros((channels, channels, kh, kw), dtype=dtype)
+    i = np.arange(channels)
+    w[i, i, (kh - 1) // 2, (kw - 1) // 2] = 1
+    return w
+
+
+def identity_batchnorm(channels: int, eps: float = 1e-5, dtype=np.float32) -> tuple[np.ndarray, ...]:
+    """``(scale, bias, mean, var)`` of a BatchNormalization that is the identity in inference.
+
+    ``y = scale * (x - mean) / sqrt(var + eps) + bias`` with mean 0, var 1, scale ``sqrt(1 + eps)``
+    and bias 0 gives ``y = x`` (DESIGN.md section 5, Net2Deeper).
+    """
+    return (np.full(channels, np.sqrt(1.0 + eps), dtype=dtype), np.zeros(channels, dtype=dtype),
+            np.zeros(channels, dtype=dtype), np.ones(channels, dtype=dtype))
+
+
+def pad_kernel(w: np.ndarray, by: int = 1) -> np.ndarray:
+    """OIHW weight zero-padded by ``by`` taps on each side of both spatial axes: ``k -> k + 2*by``.
+
+    Together with pads increased by ``by * dilation`` per side the convolution is unchanged
+    (Wei et al., "Network Morphism", ICML 2016, arXiv 1603.01670, section 3.4, kernel size morphing).
+    """
+    pad = [(0, 0), (0, 0)] + [(by, by)] * (w.ndim - 2)
+    return np.pad(w, pad)
+
+
+def pool_factor(size_in: int, size_out: int, ceil_mode: bool = False) -> int | None:
+    """The smallest pooling factor ``f`` (kernel = stride = f, no pads) that maps ``size_in`` to
+    ``size_out`` along one axis, or None when none does.
+
+    ``out = floor((size_in - f) / f) + 1``; with ``ceil_mode`` the division rounds up and a last
+    window that would start past the input is dropped (the ONNX and torch rule).
+    """
+    if size_out > size_in or size_out < 1:
+        return None
+    if size_out == size_in:
+        return 1
+    for f in range(2, size_in + 1):
+        span = size_in - f
+        if ceil_mode:
+            out = -(-span // f) + 1
+            if (out - 1) * f >= size_in:
+                out -= 1
+        else:
+            out = span // f + 1
+        if out == size_out:
+            return f
+    return None
+
+
+def pool_factors(size_in: Sequence[int], size_out: Sequence[int]) -> tuple[list[int], bool] | None:
+    """Per-axis pooling factors mapping spatial size ``size_in`` to ``size_out`` and the
+    ``ceil_mode`` they need (floor mode preferred; one mode for all axes, as the op has one
+    attribute); None when no pooling with kernel = stride can match."""
+    for ceil in (False, True):
+        fs = [pool_factor(int(a), int(b), ceil) for a, b in zip(size_in, size_out)]
+        if all(f is not None for f in fs):
+            return [int(f) for f in fs], ceil
+    return None
+
+
+__all__ = [
+    "SPLITS", "widen_mapping", "replica_split", "segment_map", "take_channels", "split_columns",
+    "identity_conv_weight", "identity_batchnorm", "pad_kernel", "pool_factor", "pool_factors",
+]
