@@ -164,7 +164,7 @@ class Graph:
 
     def auto_node_name(self, op_type: str) -> str:
         """A deterministic fresh name such as ``conv_3`` (first free index for that op)."""
-        stem = re.sub(r"(?<!^)(?=[A-Z])", "_", op_type).lower()
+        stem = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", op_type).lower()  # LeakyRelu -> leaky_relu, LRN -> lrn
         stem = {"batch_normalization": "bn", "global_average_pool": "gap", "max_pool": "maxpool",
                 "average_pool": "avgpool"}.get(stem, stem)
         k = 0
@@ -341,7 +341,8 @@ class Graph:
             attrs: attributes; defaults are filled in.
             name: node name (must be free); generated (``conv_3``) when None.
             outputs: names of the output values; default: the node name (made unique).
-            index: position in ``nodes``; default: right after the last producer among the inputs.
+            index: position in ``nodes``; default: the end (so nodes keep the order they were added in,
+                e.g. an imported model's order).
             meta: initial ``meta`` dict.
 
         Returns:
@@ -389,7 +390,7 @@ class Graph:
             if v is not None and v.producer is not None:
                 last = max(last, self.nodes.index(v.producer))
         if index is None:
-            index = last + 1
+            index = len(self.nodes)
         elif not last < index <= len(self.nodes):
             raise GraphError(
                 f"node {name!r}: index {index} would place it before the producer of one of its inputs "
@@ -506,6 +507,8 @@ class Graph:
         if v is not None:
             v.uses.append((node, index))
         node.attrs = attrs
+        if v is not None and v.producer is not None and self.nodes.index(v.producer) > self.nodes.index(node):
+            self.toposort()
 
     def replace_all_uses_with(
         self, old: Value | str, new: Value | str, exclude: Iterable[Node] = (), outputs: bool = True
