@@ -525,8 +525,9 @@ class _Importer:
                 continue
             node = self.onnx_graph.node[i]
             default = node.domain in ("", "ai.onnx")
-            if default and (node.op_type == "Shape" or (node.op_type not in _NEVER_FOLD and node.input
-                                                        and all(x in static for x in node.input))):
+            type_only = node.op_type == "CastLike" and node.input[0] in static   # input 1 only gives the type
+            computed = node.op_type not in _NEVER_FOLD and node.input and all(x in static for x in node.input)
+            if default and (node.op_type == "Shape" or type_only or computed):
                 static.update(node.output)
                 continue
             if default and node.op_type in _DATA_OPS:
@@ -605,6 +606,10 @@ class _Importer:
         ins = list(node.input)
         if op == "Shape":
             self._shape_op(node, a)
+            return
+        if op == "CastLike" and ins[0] in self.consts and ins[1] in self.env:
+            # the data input only gives the element type (float32 for every data value in the IR)
+            self.consts[node.output[0]] = np.asarray(self.consts[ins[0]]).astype(np.float32)
             return
         if ins and all(x == "" or x in self.consts for x in ins):   # computed from constants and shapes
             sym = [x for x in ins if x in self.symbolic]
