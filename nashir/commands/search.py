@@ -1,0 +1,260 @@
+"""``nashir search`` (a NASH run) and ``nashir report`` (plots and markdown for a run folder).
+
+``nashir search`` with no argument runs the ``demo`` preset on scikit-learn's digits into
+``./runs/digits-demo-<date>-<time>``. Every flag of :class:`nashir.search.SearchConfig` has a
+command-line name (``--steps`` = n_steps, ``--neighbors`` = n_neigh, ``--morphs`` = n_NM, ...);
+a flag given explicitly overrides the preset.
+
+``--resume`` continues the run in ``--out``: flags not given take the run's own values, flags
+given must agree with them (otherwise the differing keys are listed and nothing happens).
+
+Bad input (unknown data set, missing data folder, contradictory flags, an ``--init`` model whose
+input does not fit the data, a run folder that is not a nashir run) exits 2 with one message and
+changes nothing on disk. torch is imported only when the search starts.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import click
+
+from nashir.errors import SearchError
+
+_DATASET_HELP = (
+    "digits (scikit-learn's 8x8 digits, the default), cifar10, cifar100 (official python or binary "
+    "files in --data-dir) or npz:PATH (arrays x (N,C,H,W) and y (N,))."
+)
+
+# CLI parameter -> SearchConfig field, for the options that map one to one
+_FIELDS = {
+    "dataset": "dataset",
+    "data_dir": "data_dir",
+    "steps": "n_steps",
+    "neighbors": "n_neigh",
+    "morphs": "n_nm",
+    "epochs_neighbor": "epoch_neigh",
+    "epochs_final": "epoch_final",
+    "epochs_init": "epochs_init",
+    "lr_start": "lr_start",
+    "lr_end": "lr_end",
+    "batch_size": "batch_size",
+    "max_params": "max_params",
+    "device": "device",
+    "seed": "seed",
+    "threads": "threads",
+}
+# boolean switches -> (field, value when the switch is given)
+_SWITCHES = {"no_sgdr": ("sgdr", False), "no_morph": ("morph", False),
+             "retrain_from_scratch": ("retrain_from_scratch", True)}
+
+
+def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        vals = tuple(int(t) for t in re.split(r"[,\s]+", text.strip()) if t)
+    except ValueError:
+        raise SearchError(f"{flag} takes comma-separated integers such as 16,32,64, got {text!r}") from None
+    return vals
+
+
+def _names(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    return tuple(t for t in re.split(r"[,\s]+", text.strip()) if t)
+
+
+def default_out(dataset: str, preset_name: str, now: float | None = None) -> Path:
+    """``runs/<dataset>-<preset>-<YYYYmmdd-HHMMSS>`` (dataset ``npz:dir/x.npz`` gives ``npz-x``)."""
+    name = dataset.strip()
+    if name.lower().startswith("npz:"):
+        name = "npz-" + Path(name[4:]).stem
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "data"
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    return Path("runs") / f"{name.lower()}-{preset_name}-{stamp}"
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    src = ctx.get_parameter_source(name)
+    return src is not None and src.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def build_config(ctx: click.Context, params: dict, stored: dict | None = None):
+    """The :class:`SearchConfig` the flags ask for.
+
+    Without ``stored``: the preset (``--preset``, default ``demo`` for digits and ``paper``
+    otherwise) with every explicitly given flag applied. With ``stored`` (a ledger's config, for
+    ``--resume``): the stored values with every explicitly given flag applied.
+    """
+    from nashir.search import SearchConfig, preset
+    from nashir.search.config import PRESETS
+
+    given = {k: v for k, v in params.items() if _given(ctx, k)}
+    overrides: dict = {}
+    for opt, fld in _FIELDS.items():
+        if opt in given:
+            overrides[fld] = given[opt]
+    for opt, (fld, val) in _SWITCHES.items():
+        if given.get(opt):
+            overrides[fld] = val
+    if "widths" in given:
+        overrides["widths"] = _ints(given["widths"], "--widths")
+    if "passes" in given:
+        overrides["passes"] = _names(given["passes"])
+    if "no_sgdr" in given and given["no_sgdr"] and "lr_end" in given:
+        raise SearchError("--lr-end has no effect with --no-sgdr (a constant learning rate --lr-start); "
+                          "drop one of them")
+    if params.get("init") and "widths" in given:
+        raise SearchError("--widths sizes the generated start network; it has no effect with --init MODEL.onnx. "
+                          "Drop one of them")
+    if stored is not None:
+        base = {k: v for k, v in stored.items() if k in SearchConfig.__dataclass_fields__}
+        if "preset" in given and given["preset"] != base.get("preset"):
+            if given["preset"] not in PRESETS:
+                raise SearchError(f"unknown preset {given['preset']!r}; expected one of {', '.join(sorted(PRESETS))}")
+            base.update(PRESETS[given["preset"]])
+            base["preset"] = given["preset"]
+        base.update(overrides)
+        return SearchConfig.from_dict(base)
+    dataset = overrides.get("dataset", params.get("dataset") or "digits")
+    name = params.get("preset") or ("demo" if dataset.strip().lower() == "digits" else "paper")
+    if params.get("init") and "epochs_init" not in overrides:
+        overrides["epochs_init"] = 0  # a given start model is taken as trained
+    overrides.setdefault("dataset", dataset)
+    return preset(name, **overrides)
+
+
+@click.command("search")
+@click.option("--dataset", "-d", default="digits", show_default=True, help=_DATASET_HELP)
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Folder with the CIFAR files (either official layout).")
+@click.option("--preset", type=click.Choice(["demo", "paper"]), default=None,
+              help="Settings to start from: paper (arXiv 1711.04528 Sec. 5.1: 5 steps, 8 neighbours, 5 morphisms, "
+                   "17 epochs per neighbour, 20 final, 20 pretraining, lr 0.05 -> 0, batch 128) or demo (digits on "
+                   "2 CPU cores in a few minutes). Default: demo for digits, paper otherwise.")
+@click.option("--steps", type=int, default=None, help="n_steps: hill-climbing steps.")
+@click.option("--neighbors", type=int, default=None,
+              help="n_neigh: candidates per step (n_neigh - 1 morphed children + the current best). "
+                   "1 = the paper's random-network baseline (one child replaces the model each step).")
+@click.option("--morphs", type=int, default=None, help="n_NM: network morphisms per child.")
+@click.option("--epochs-neighbor", type=int, default=None, help="epoch_neigh: epochs each candidate trains per step.")
+@click.option("--epochs-final", type=int, default=None, help="epoch_final: epochs of the final training (train+val).")
+@click.option("--epochs-init", type=int, default=None,
+              help="Epochs of pretraining of the start network (default 0 with --init).")
+@click.option("--lr-start", type=float, default=None, help="SGDR's starting learning rate.")
+@click.option("--lr-end", type=float, default=None, help="SGDR's final learning rate (<= --lr-start).")
+@click.option("--batch-size", type=int, default=None, help="Images per SGD step.")
+@click.option("--max-params", type=int, default=None, help="No child above this many parameters.")
+@click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N.")
+@click.option("--seed", type=int, default=None, help="The one seed of the run (default 0).")
+@click.option("--threads", type=int, default=None, help="torch threads for training (default: torch's).")
+@click.option("--widths", default=None, help="Channels of the start network's three convolutions, e.g. 16,32,64.")
+@click.option("--passes", default=None, help="Morphism passes to sample from, comma-separated (default: all).")
+@click.option("--no-sgdr", is_flag=True, help="Baseline: constant learning rate --lr-start instead of SGDR.")
+@click.option("--no-morph", is_flag=True,
+              help="Baseline: children keep the morphed architecture but are re-initialised and trained from scratch.")
+@click.option("--retrain-from-scratch", is_flag=True,
+              help="Baseline: the final architecture is re-initialised and trained for its lineage's epochs.")
+@click.option("--init", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Start from this ONNX model instead of the generated start network.")
+@click.option("--out", "-o", type=click.Path(), default=None,
+              help="Run folder. Default: runs/<dataset>-<preset>-<date>-<time> under the current folder.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out without retraining finished candidates.")
+@click.option("--force", is_flag=True, help="Replace the nashir run in --out.")
+@click.option("--executor", type=click.Choice(["inprocess"]), default="inprocess", show_default=True,
+              help="Who trains the candidates.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars; print only the result line.")
+@click.pass_context
+def search(ctx, **params):
+    """Run a NASH architecture search (hill climbing over network morphisms, arXiv 1711.04528).
+
+    Writes the run folder (--out): ledger.sqlite, candidates/*.onnx, best.onnx, log.jsonl,
+    summary.txt. `nashir report RUN_DIR` draws the plots.
+    """
+    from nashir.search.ledger import is_run
+
+    out = params["out"]
+    resume = params["resume"]
+    if resume and out is None:
+        raise SearchError("--resume needs --out RUN_DIR (the folder of the run to continue)")
+    if resume and params["force"]:
+        raise SearchError("--resume and --force contradict each other: --resume continues the run in --out, "
+                          "--force replaces it; give one of them")
+    stored = None
+    if resume:
+        if not is_run(out):
+            from nashir.search.nash import prepare_run_dir
+
+            prepare_run_dir(out, resume=True, force=False)  # raises the precise message
+        from nashir.search.ledger import Ledger
+
+        with Ledger.open(out, readonly=True) as led:
+            stored = led.config
+    config = build_config(ctx, params, stored)
+    if out is None:
+        out = default_out(config.dataset, config.preset or "custom")
+    out = Path(out)
+    from nashir.search.nash import prepare_run_dir
+
+    prepare_run_dir(out, resume=resume, force=params["force"])  # refuse early, before loading anything
+
+    from nashir.search.executor import DataSpec
+
+    data = DataSpec(config.dataset, config.data_dir, seed=config.seed).load()
+    model0 = None
+    if params["init"]:
+        from nashir.backends.onnx import load
+        from nashir.search.startnet import check_model_fits
+
+        model0 = load(params["init"])
+        check_model_fits(model0, data.input_shape, data.num_classes, what=f"--init {params['init']}")
+
+    quiet = params["quiet"]
+    echo = None
+    if not quiet:
+        from tqdm.auto import tqdm
+
+        echo = tqdm.write
+        echo(f"nashir search: {config.dataset} ({len(data.y_train)} train / {len(data.y_val)} val / "
+             f"{len(data.y_test)} test), preset {config.preset}, {config.n_steps} steps x {config.n_neigh} "
+             f"neighbours x {config.epoch_neigh} epochs, {config.n_nm} morphisms per child -> {out}")
+    from nashir.search import nash
+
+    result = nash(model0, data, config, run_dir=out, resume=resume, force=params["force"],
+                  progress=not quiet, echo=echo)
+    best = out / "best.onnx"
+    line = (f"best model: {best} ({result.params:,} params), test accuracy {100 * result.test_acc:.2f}%"
+            + (f" (onnxruntime {100 * result.test_acc_onnx:.2f}%)" if result.test_acc_onnx is not None else "")
+            + f", {result.wall_seconds:.0f} s")
+    if not quiet:
+        click.echo("")
+        click.echo(result.summary_table())
+        click.echo(line)
+        click.echo(f"plots and report: nashir report {out}")
+    else:
+        click.echo(line)
+
+
+@click.command("report")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
+              help="Folder for the plots and report.md (default RUN_DIR/report).")
+def report(run_dir, out):
+    """Write PNG plots and a markdown report for a NASH run folder.
+
+    Plots: validation accuracy of every candidate per step with the best's line (val_acc.png), the
+    lineage tree (lineage.png), parameters against accuracy (params_acc.png); report.md links them.
+    """
+    from nashir.search.report import load_run, write_report
+
+    paths = write_report(run_dir, out)
+    run = load_run(run_dir)
+    from nashir.search.report import format_summary
+
+    final = run["final"] or {}
+    click.echo(format_summary(run["steps"], final.get("test_acc"), final.get("test_acc_onnx")))
+    for p in paths:
+        click.echo(f"wrote {p}")

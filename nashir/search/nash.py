@@ -1,0 +1,820 @@
+"""The NASH driver: hill climbing over network morphisms (Elsken, Metzen & Hutter 2018,
+arXiv 1711.04528, Sec. 4, Algorithm 1), with a run ledger that makes a run resumable.
+
+Algorithm 1, with the paper's names::
+
+    model_best <- model_0 (pretrained epochs_init epochs)
+    for i = 1 .. n_steps:
+        for j = 1 .. n_neigh - 1:
+            model_j <- ApplyNetMorphs(model_best, n_NM)          # sample_morphisms
+            model_j <- SGDR(model_j, epoch_neigh, lr_start, lr_end)
+        model_n_neigh <- SGDR(model_best, epoch_neigh, lr_start, lr_end)   # the best, trained further
+        model_best <- argmax_j  validation accuracy of model_j      (ties: fewer parameters)
+    model_best <- SGDR(model_best, epoch_final, lr_start, lr_end) on train + validation
+    return model_best and its test accuracy
+
+``n_neigh = 1`` is the paper's "random networks" baseline (Table 1): each step makes one child by
+``n_NM`` random morphisms, trains it, and it replaces the current model whatever its accuracy.
+
+Determinism: every random choice derives from ``config.seed`` through
+``numpy.random.SeedSequence([seed, step, index, purpose])`` (purpose 0: the morphisms, 1: the
+training run, 2: the start network's initialisation), and every candidate is made from the
+current best *as read back from its ONNX bytes*, so an uninterrupted run and a run resumed from
+its ledger do exactly the same computations (same seed, CPU, same thread count).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nashir.errors import NashirError, SearchError
+from nashir.ir import Graph
+from nashir.search.config import SearchConfig, config_diff
+from nashir.search.executor import STATUS_OK, DataSpec, Executor, InProcessExecutor, Job, Result
+from nashir.search.ledger import LEDGER_NAME, Ledger, atomic_write, is_run
+from nashir.search.startnet import check_model_fits, start_network
+
+__all__ = [
+    "nash",
+    "SearchResult",
+    "SearchFailed",
+    "candidate_seed",
+    "prepare_run_dir",
+    "RUN_FILES",
+    "FINAL_ID",
+    "INIT_ID",
+    "candidate_id",
+]
+
+INIT_ID = "init"
+FINAL_ID = "final"
+#: Entries of a run folder that ``--force`` replaces (anything else in the folder is left alone).
+RUN_FILES = (
+    LEDGER_NAME,
+    f"{LEDGER_NAME}-journal",
+    "candidates",
+    "best.onnx",
+    "log.jsonl",
+    "summary.txt",
+    "report",
+)
+
+_PURPOSE_MORPH, _PURPOSE_TRAIN, _PURPOSE_INIT = 0, 1, 2
+_FINAL_STEP_KEY = 1_000_000
+
+
+class SearchFailed(SearchError):
+    """The search could not go on (the start network or the final training did not train)."""
+
+    exit_code = 1
+
+
+def candidate_id(step: int, idx: int) -> str:
+    """Ledger id of candidate ``idx`` (1-based) of hill-climbing step ``step`` (1-based): ``s2-c5``."""
+    return f"s{step}-c{idx}"
+
+
+def candidate_seed(seed: int, step: int, idx: int, purpose: int) -> int:
+    """A 32-bit seed derived from the run seed for one candidate and purpose
+    (``numpy.random.SeedSequence([seed, step, idx, purpose])``)."""
+    return int(np.random.SeedSequence([int(seed), int(step), int(idx), int(purpose)]).generate_state(1)[0])
+
+
+@dataclass
+class SearchResult:
+    """What :func:`nash` returns.
+
+    Attributes:
+        best: The final model (after the final training), weights trained.
+        best_id: Ledger id of the architecture that won the last step (the parent of ``final``).
+        test_acc: Test accuracy of ``best`` in [0, 1] (torch backend).
+        test_acc_onnx: Test accuracy of ``best.onnx`` run by onnxruntime (None when not computed).
+        val_acc: Validation accuracy of ``best_id`` when it won.
+        params: Parameter count of ``best``.
+        macs: Multiply-accumulates of ``best`` per image.
+        steps: One dict per step (0 = start network): ``step``, ``best``, ``best_val_acc``,
+            ``params``, ``macs``, ``morphisms`` (of the winner, that step).
+        run_dir: The run folder (None for a temporary one, deleted at the end).
+        config: The run's config.
+        wall_seconds: Wall time of this call, s.
+        job_seconds: Wall time the executor spent on the jobs of this call, s.
+        train_seconds: Of that, time in training epochs and evaluations, s.
+        trained: Ids of the candidates trained by this call (a resumed run skips finished ones).
+    """
+
+    best: Graph
+    best_id: str
+    test_acc: float | None
+    test_acc_onnx: float | None
+    val_acc: float | None
+    params: int
+    macs: int
+    steps: list[dict[str, Any]]
+    run_dir: Path | None
+    config: SearchConfig
+    wall_seconds: float = 0.0
+    job_seconds: float = 0.0
+    train_seconds: float = 0.0
+    trained: list[str] = field(default_factory=list)
+
+    def summary_table(self) -> str:
+        """The per-step table (step, best, validation accuracy, parameters, morphisms) as text."""
+        from nashir.search.report import format_summary
+
+        return format_summary(self.steps, self.test_acc, self.test_acc_onnx)
+
+
+# ------------------------------------------------------------------------------------- run folder
+def prepare_run_dir(run_dir: str | os.PathLike, resume: bool, force: bool) -> str:
+    """Decide what to do with ``run_dir`` without changing anything in it.
+
+    Returns:
+        ``"create"`` (missing or empty folder), ``"resume"`` (an existing run, ``resume`` given),
+        or ``"replace"`` (an existing run, ``force`` given: its nashir files will be replaced).
+
+    Raises:
+        SearchError: ``resume`` and ``force`` together; ``resume`` on a folder without a run; a
+            run without ``resume``/``force``; a non-empty folder that is not a nashir run (never
+            written into, whatever the flags); a path that is a file.
+    """
+    p = Path(run_dir)
+    if resume and force:
+        raise SearchError(
+            "--resume and --force contradict each other: --resume continues the run in --out, "
+            "--force replaces it; give one of them"
+        )
+    if p.exists() and not p.is_dir():
+        raise SearchError(f"--out {p} is a file, not a folder; give a folder for the run")
+    empty = not p.exists() or not any(p.iterdir())
+    if empty:
+        if resume:
+            raise SearchError(
+                f"--resume: {p} holds no nashir run to resume (no {LEDGER_NAME}); "
+                "drop --resume to start a new run there"
+            )
+        return "create"
+    if not is_run(p):
+        raise SearchError(
+            f"{p} is not a nashir run ({LEDGER_NAME} missing or unreadable) and is not empty; nashir will "
+            "not write into it. Choose another --out (a new or empty folder)"
+        )
+    if resume:
+        return "resume"
+    if force:
+        return "replace"
+    raise SearchError(f"run folder {p} exists already; add --resume to continue it, or --force to replace it")
+
+
+def _clear_run(p: Path) -> None:
+    for name in RUN_FILES:
+        q = p / name
+        if q.is_dir() and not q.is_symlink():
+            shutil.rmtree(q)
+        elif q.exists() or q.is_symlink():
+            q.unlink()
+
+
+class _Log:
+    """Appends one JSON object per line to ``log.jsonl`` (flushed at every event)."""
+
+    def __init__(self, path: Path | None):
+        self._f = open(path, "a", encoding="utf-8") if path is not None else None  # noqa: SIM115
+
+    def event(self, event: str, **kw: Any) -> None:
+        if self._f is None:
+            return
+        rec = {"time": round(time.time(), 3), "event": event, **kw}
+        self._f.write(json.dumps(rec, sort_keys=True, default=str) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+
+
+def _rss_mb() -> float | None:
+    """Resident set size of this process in MiB (Linux /proc), or None."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _node_meta(graph: Graph) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for n in graph.nodes:
+        keep = {}
+        for k, v in n.meta.items():
+            try:
+                json.dumps(v)
+            except (TypeError, ValueError):
+                continue
+            keep[k] = v
+        if keep:
+            out[n.name] = keep
+    return out
+
+
+def _load_bytes(blob: bytes) -> Graph:
+    import onnx
+
+    from nashir.backends.onnx import load
+
+    return load(onnx.load_model_from_string(blob))
+
+
+def _data_info(data) -> dict[str, Any]:
+    return {
+        "name": data.name,
+        "input_shape": list(data.input_shape),
+        "num_classes": int(data.num_classes),
+        "n_train": int(len(data.y_train)),
+        "n_val": int(len(data.y_val)),
+        "n_test": int(len(data.y_test)),
+        "augment": bool(data.augment),
+    }
+
+
+def _ort_accuracy(path: Path, data, batch: int = 1024) -> float:
+    """Test accuracy of an ONNX file under onnxruntime, inputs normalised as the trainer does:
+    ``(x - mean) / std`` per channel (NCHW)."""
+    from nashir.backends.onnx import make_session
+
+    sess = make_session(str(path))
+    name = sess.get_inputs()[0].name
+    x, y = data.split("test")
+    mean = data.mean.reshape(1, -1, 1, 1).astype(np.float32)
+    std = data.std.reshape(1, -1, 1, 1).astype(np.float32)
+    correct = 0
+    for i in range(0, len(y), batch):
+        xb = (x[i : i + batch].astype(np.float32) - mean) / std
+        logits = sess.run(None, {name: xb})[0]
+        correct += int((logits.argmax(1) == y[i : i + batch]).sum())
+    return correct / max(len(y), 1)
+
+
+# ------------------------------------------------------------------------------------- the driver
+def nash(
+    model0: Graph | None,
+    data,
+    config: SearchConfig,
+    executor: Executor | None = None,
+    run_dir: str | os.PathLike | None = None,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = False,
+    onnx_check: bool = True,
+    echo=None,
+) -> SearchResult:
+    """Run NASH (Algorithm 1 of arXiv 1711.04528) and return the final model.
+
+    Args:
+        model0: The start network (input ``(N, C, H, W)`` of the data, output ``(N, classes)``
+            logits). None: :func:`~nashir.search.startnet.start_network` sized to the data (a new
+            run), or the start model stored in the run folder (``resume``).
+        data: A :class:`nashir.data.Dataset`, or None to load ``config.dataset``.
+        config: The settings (:class:`SearchConfig`).
+        executor: Who trains the candidates (default :class:`InProcessExecutor` with
+            ``config.threads``); it is closed at the end only when created here.
+        run_dir: The run folder (ledger, candidates, best.onnx, log). None: a temporary folder,
+            deleted at the end (nothing resumable).
+        resume: Continue the run in ``run_dir``: finished candidates are not retrained and the
+            result is the one an uninterrupted run gives.
+        force: Replace the run in ``run_dir`` (only nashir's own files are removed).
+        progress: tqdm bars for steps, candidates and epochs.
+        onnx_check: Score ``best.onnx`` on the test set with onnxruntime as well.
+        echo: Called with one line of text per step (None = silent), e.g. ``tqdm.write``.
+
+    Returns:
+        The :class:`SearchResult`.
+
+    Raises:
+        SearchError: Run folder refused (see :func:`prepare_run_dir`), a resumed ledger whose config
+            differs (the message lists the keys), a start model that does not fit the data or is
+            above ``max_params``.
+        SearchFailed: The start network or the final training failed (exit code 1).
+        DataError: The data set cannot be loaded.
+    """
+    t_wall = time.perf_counter()
+    if not isinstance(config, SearchConfig):
+        raise SearchError(f"config must be a SearchConfig, got {type(config).__name__}")
+    spec = DataSpec(config.dataset, config.data_dir, seed=config.seed)
+    tmp_holder = None
+    if run_dir is None:
+        if resume or force:
+            raise SearchError("resume/force need a run folder (run_dir)")
+        tmp_holder = tempfile.TemporaryDirectory(prefix="nashir-run-")
+        run_path = Path(tmp_holder.name)
+        action = "create"
+    else:
+        run_path = Path(run_dir)
+        action = prepare_run_dir(run_path, resume, force)  # refuses before anything is loaded
+    if data is None:
+        data = spec.load()
+
+    from nashir.backends.onnx import model_bytes
+
+    stored_start = run_path / "candidates" / "start.onnx"
+    if model0 is None and action == "resume" and stored_start.is_file():
+        model0 = _load_bytes(stored_start.read_bytes())
+    if model0 is None:
+        model0 = start_network(
+            data.input_shape,
+            data.num_classes,
+            config.widths,
+            seed=candidate_seed(config.seed, 0, 0, _PURPOSE_INIT),
+        )
+    check_model_fits(model0, data.input_shape, data.num_classes, what="start model")
+    if config.max_params is not None and model0.param_count() > config.max_params:
+        raise SearchError(
+            f"the start model has {model0.param_count()} parameters, above --max-params "
+            f"{config.max_params}; raise --max-params or start from a smaller model"
+        )
+    start_blob = model_bytes(model0)
+    stored_cfg = {
+        **config.to_dict(),
+        "data": _data_info(data),
+        "start_sha256": hashlib.sha256(start_blob).hexdigest(),
+    }
+
+    if action == "resume":
+        ledger = Ledger.open(run_path)
+        diff = config_diff(ledger.config, stored_cfg)
+        if diff:
+            ledger.close()
+            raise SearchError(
+                f"--resume: the run in {run_path} was made with another configuration; differing keys:\n  "
+                + "\n  ".join(diff)
+                + "\nResume with the run's own settings, or start a new run (--out)"
+            )
+    else:
+        if action == "replace":
+            _clear_run(run_path)
+        ledger = Ledger.create(run_path, stored_cfg)
+    own_executor = executor is None
+    if executor is None:
+        executor = InProcessExecutor(threads=config.threads, progress=progress)
+    log = _Log(run_path / "log.jsonl")
+    bars: list[Any] = []
+    try:
+        return _drive(
+            model0,
+            start_blob,
+            data,
+            config,
+            executor,
+            ledger,
+            log,
+            spec,
+            action,
+            progress,
+            onnx_check,
+            echo,
+            t_wall,
+            None if tmp_holder is not None else run_path,
+            bars,
+        )
+    finally:
+        for b in bars:
+            with contextlib.suppress(Exception):
+                b.close()
+        log.close()
+        ledger.close()
+        if own_executor:
+            executor.close()
+        if tmp_holder is not None:
+            tmp_holder.cleanup()
+
+
+def _drive(
+    model0,
+    start_blob,
+    data,
+    config: SearchConfig,
+    executor: Executor,
+    ledger: Ledger,
+    log: _Log,
+    spec: DataSpec,
+    action: str,
+    progress: bool,
+    onnx_check: bool,
+    echo,
+    t_wall: float,
+    run_path: Path | None,
+    bars: list,
+) -> SearchResult:
+
+    run_dir = ledger.run_dir
+    log.event(
+        "resume" if action == "resume" else "start",
+        config=config.to_dict(),
+        pid=os.getpid(),
+        rss_mb=_rss_mb(),
+    )
+    executor.prepare(spec, data)
+    start_path = run_dir / "candidates" / "start.onnx"
+    if not start_path.is_file():
+        start_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(start_path, start_blob)
+
+    stats = {"job": 0.0, "train": 0.0, "trained": []}
+    train_kw = dict(
+        lr_start=config.lr_start,
+        lr_end=config.lr_end,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        batch_size=config.batch_size,
+        sgdr=config.sgdr,
+        device=config.device,
+        train_split="train",
+        eval_split="val",
+    )
+
+    def record(res: Result) -> None:
+        onnx_rel = None
+        if res.status == STATUS_OK and res.onnx is not None:
+            onnx_rel = ledger.write_candidate_onnx(res.candidate_id, res.onnx)  # file first, then the row
+        ledger.finish_candidate(
+            res.candidate_id,
+            res.status,
+            val_acc=res.val_acc,
+            test_acc=res.metrics.get("test_acc"),
+            train_seconds=res.train_seconds,
+            job_seconds=res.seconds,
+            history=res.history,
+            metrics=res.metrics,
+            onnx=onnx_rel,
+            reason=res.reason,
+        )
+        stats["job"] += res.seconds
+        stats["train"] += res.train_seconds + res.eval_seconds
+        stats["trained"].append(res.candidate_id)
+        log.event(
+            "candidate",
+            id=res.candidate_id,
+            status=res.status,
+            val_acc=res.val_acc,
+            test_acc=res.metrics.get("test_acc"),
+            seconds=round(res.seconds, 3),
+            train_seconds=round(res.train_seconds, 3),
+            reason=res.reason,
+            rss_mb=_rss_mb(),
+        )
+
+    def read_blob(cid: str) -> bytes:
+        row = ledger.candidate(cid)
+        if row is None or row["status"] != STATUS_OK or not row["onnx"]:
+            raise SearchError(f"ledger {ledger.path}: candidate {cid!r} has no trained model")
+        p = run_dir / row["onnx"]
+        if not p.is_file():
+            raise SearchError(f"run folder {run_dir}: {p} is missing; the run cannot be resumed from it")
+        return p.read_bytes()
+
+    tqdm = None
+    if progress:
+        from tqdm.auto import tqdm
+
+    # ---- step 0: the start network, pretrained epochs_init epochs
+    if not ledger.is_finished(INIT_ID):
+        ledger.add_candidate(
+            INIT_ID,
+            0,
+            0,
+            "init",
+            None,
+            [],
+            model0.param_count(),
+            model0.mac_count(),
+            seed=candidate_seed(config.seed, 0, 0, _PURPOSE_TRAIN),
+            epochs=config.epochs_init,
+        )
+        job = Job(
+            INIT_ID,
+            start_blob,
+            {**train_kw, "epochs": config.epochs_init},
+            spec,
+            seed=candidate_seed(config.seed, 0, 0, _PURPOSE_TRAIN),
+            node_meta=_node_meta(model0),
+        )
+        for res in executor.run([job]):
+            record(res)
+    init_row = ledger.candidate(INIT_ID)
+    if init_row["status"] != STATUS_OK:
+        raise SearchFailed(
+            f"the start network did not train ({init_row['status']}): {init_row['reason']}; "
+            "lower --lr-start or check the start model"
+        )
+    best_id, best_val = INIT_ID, init_row["val_acc"]
+    best_blob = read_blob(INIT_ID)
+    if echo is not None:
+        echo(f"step 0: start network {init_row['params']} params, val acc {_pct(best_val)}")
+
+    step_bar = None
+    if tqdm is not None:
+        step_bar = tqdm(total=config.n_steps, desc="NASH steps", unit="step", position=0)
+        bars.append(step_bar)
+    # ---- hill climbing
+    for step in range(1, config.n_steps + 1):
+        done = ledger.step(step)
+        if done is not None:
+            best_id, best_val = done["best"], done["best_val_acc"]
+            best_blob = read_blob(best_id)
+            if step_bar is not None:
+                step_bar.update(1)
+            continue
+        best_id, best_val, best_blob = _run_step(
+            step,
+            best_id,
+            best_val,
+            best_blob,
+            config,
+            executor,
+            ledger,
+            spec,
+            train_kw,
+            record,
+            read_blob,
+            log,
+            tqdm,
+            bars,
+        )
+        row = ledger.candidate(best_id)
+        log.event(
+            "step",
+            step=step,
+            best=best_id,
+            best_val_acc=best_val,
+            params=row["params"],
+            macs=row["macs"],
+            rss_mb=_rss_mb(),
+        )
+        if echo is not None:
+            echo(f"step {step}: best {best_id} val acc {_pct(best_val)}, {row['params']} params")
+        if step_bar is not None:
+            step_bar.update(1)
+            step_bar.set_postfix(best=best_id, val=_pct(best_val), refresh=False)
+    if step_bar is not None:
+        step_bar.close()
+
+    # ---- final training on train + validation, then the test set
+    if not ledger.is_finished(FINAL_ID):
+        g = _load_bytes(best_blob)
+        epochs = config.lineage_epochs() if config.retrain_from_scratch else config.epoch_final
+        fseed = candidate_seed(config.seed, _FINAL_STEP_KEY, 0, _PURPOSE_TRAIN)
+        ledger.add_candidate(
+            FINAL_ID,
+            config.n_steps + 1,
+            0,
+            "final",
+            best_id,
+            [],
+            g.param_count(),
+            g.mac_count(),
+            seed=fseed,
+            epochs=epochs,
+        )
+        job = Job(
+            FINAL_ID,
+            best_blob,
+            {**train_kw, "epochs": epochs, "train_split": "trainval", "eval_split": None},
+            spec,
+            seed=fseed,
+            reinit=config.retrain_from_scratch,
+            evaluate=("test",),
+        )
+        if echo is not None:
+            echo(f"final: training {best_id} for {epochs} epochs on train+val")
+        for res in executor.run([job]):
+            record(res)
+    frow = ledger.candidate(FINAL_ID)
+    if frow["status"] != STATUS_OK:
+        raise SearchFailed(
+            f"the final training of {best_id} did not finish ({frow['status']}): {frow['reason']}"
+        )
+    final_blob = read_blob(FINAL_ID)
+    best_graph = _load_bytes(final_blob)
+    best_path = run_dir / "best.onnx"
+    atomic_write(best_path, final_blob)
+    test_acc = frow["test_acc"]
+    ort_acc = ledger.get_meta("test_acc_onnx")
+    if onnx_check and ort_acc is None:
+        ort_acc = _ort_accuracy(best_path, data)
+        ledger.set_meta("test_acc_onnx", ort_acc)
+    steps = _step_rows(ledger)
+    ledger.set_meta(
+        "final",
+        {
+            "best": best_id,
+            "test_acc": test_acc,
+            "test_acc_onnx": ort_acc,
+            "params": frow["params"],
+            "macs": frow["macs"],
+            "mean": [float(v) for v in data.mean],
+            "std": [float(v) for v in data.std],
+        },
+    )
+    ledger.set_meta("state", "done")
+    wall = time.perf_counter() - t_wall
+    log.event(
+        "final",
+        best=best_id,
+        test_acc=test_acc,
+        test_acc_onnx=ort_acc,
+        params=frow["params"],
+        wall_seconds=round(wall, 3),
+        job_seconds=round(stats["job"], 3),
+        train_seconds=round(stats["train"], 3),
+        rss_mb=_rss_mb(),
+    )
+    from nashir.search.report import format_summary
+
+    summary = format_summary(steps, test_acc, ort_acc)
+    atomic_write(run_dir / "summary.txt", (summary + "\n").encode())
+    return SearchResult(
+        best=best_graph,
+        best_id=best_id,
+        test_acc=test_acc,
+        test_acc_onnx=ort_acc,
+        val_acc=steps[-1]["best_val_acc"] if steps else None,
+        params=int(frow["params"]),
+        macs=int(frow["macs"]),
+        steps=steps,
+        run_dir=run_path,
+        config=config,
+        wall_seconds=wall,
+        job_seconds=stats["job"],
+        train_seconds=stats["train"],
+        trained=list(stats["trained"]),
+    )
+
+
+def _run_step(
+    step,
+    best_id,
+    best_val,
+    best_blob,
+    config: SearchConfig,
+    executor: Executor,
+    ledger: Ledger,
+    spec,
+    train_kw,
+    record,
+    read_blob,
+    log,
+    tqdm,
+    bars,
+):
+    """One hill-climbing step; returns the new (best_id, best_val, best_blob)."""
+    from nashir.backends.onnx import model_bytes
+    from nashir.passes import Constraints, sample_morphisms
+
+    random_walk = config.n_neigh == 1
+    n_children = 1 if random_walk else config.n_neigh - 1
+    constraints = Constraints(max_params=config.max_params)
+    jobs: list[Job] = []
+    for j in range(1, n_children + 1):
+        cid = candidate_id(step, j)
+        if ledger.is_finished(cid):
+            continue
+        tseed = candidate_seed(config.seed, step, j, _PURPOSE_TRAIN)
+        rng = np.random.default_rng(np.random.SeedSequence([config.seed, step, j, _PURPOSE_MORPH]))
+        parent = _load_bytes(best_blob)
+        child, applied, reason = parent, [], None
+        try:
+            child, applied = sample_morphisms(
+                parent, config.n_nm, rng, passes=config.passes, constraints=constraints
+            )
+            child.verify()
+            blob = model_bytes(child)
+        except NashirError as e:
+            reason = f"morphing failed: {type(e).__name__}: {e}"
+        note = getattr(applied, "note", None)
+        if reason is None and not applied:
+            reason = f"no morphism could be applied ({note or 'none applicable'})"
+        kind_args = dict(seed=tseed, epochs=config.epoch_neigh)
+        if reason is not None:
+            with ledger.transaction():
+                ledger.add_candidate(
+                    cid,
+                    step,
+                    j,
+                    "child",
+                    best_id,
+                    list(applied),
+                    child.param_count(),
+                    child.mac_count(),
+                    **kind_args,
+                )
+                ledger.finish_candidate(cid, "failed", reason=reason)
+            log.event("candidate", id=cid, status="failed", reason=reason)
+            continue
+        if note:
+            log.event("morphisms", id=cid, note=note)
+        ledger.add_candidate(
+            cid, step, j, "child", best_id, list(applied), child.param_count(), child.mac_count(), **kind_args
+        )
+        jobs.append(
+            Job(
+                cid,
+                blob,
+                {**train_kw, "epochs": config.epoch_neigh},
+                spec,
+                seed=tseed,
+                reinit=not config.morph,
+                node_meta=_node_meta(child),
+            )
+        )
+        del child, parent
+    if not random_walk:
+        j = config.n_neigh
+        cid = candidate_id(step, j)
+        if not ledger.is_finished(cid):
+            tseed = candidate_seed(config.seed, step, j, _PURPOSE_TRAIN)
+            row = ledger.candidate(best_id)
+            ledger.add_candidate(
+                cid,
+                step,
+                j,
+                "incumbent",
+                best_id,
+                [],
+                row["params"],
+                row["macs"],
+                seed=tseed,
+                epochs=config.epoch_neigh,
+            )
+            jobs.append(Job(cid, best_blob, {**train_kw, "epochs": config.epoch_neigh}, spec, seed=tseed))
+    bar = None
+    if tqdm is not None and jobs:
+        bar = tqdm(total=len(jobs), desc=f"step {step} neighbours", unit="net", position=1, leave=False)
+        bars.append(bar)
+    for res in executor.run(jobs):
+        record(res)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(last=res.candidate_id, val=_pct(res.val_acc), refresh=False)
+    if bar is not None:
+        bar.close()
+        bars.remove(bar)
+
+    rows = ledger.candidates(step=step)
+    ok = [r for r in rows if r["status"] == STATUS_OK and r["val_acc"] is not None]
+    if random_walk:
+        winner = ok[0] if ok else None  # the one child replaces the model whatever its accuracy
+    else:
+        winner = max(ok, key=lambda r: (r["val_acc"], -r["params"], -r["idx"])) if ok else None
+    if winner is None:
+        log.event("warning", step=step, message="no candidate of this step trained; the best is kept")
+        new_id, new_val = best_id, best_val
+    else:
+        new_id, new_val = winner["id"], winner["val_acc"]
+    ledger.finish_step(step, new_id, new_val)
+    return new_id, new_val, (best_blob if new_id == best_id else read_blob(new_id))
+
+
+def _step_rows(ledger: Ledger) -> list[dict[str, Any]]:
+    """Step 0 (start network) and every finished step with its winner's size and morphisms."""
+    out = []
+    init = ledger.candidate(INIT_ID)
+    if init is not None:
+        out.append(
+            {
+                "step": 0,
+                "best": INIT_ID,
+                "best_val_acc": init["val_acc"],
+                "params": init["params"],
+                "macs": init["macs"],
+                "morphisms": [],
+            }
+        )
+    for s in ledger.steps():
+        row = ledger.candidate(s["best"])
+        out.append(
+            {
+                "step": s["step"],
+                "best": s["best"],
+                "best_val_acc": s["best_val_acc"],
+                "params": row["params"],
+                "macs": row["macs"],
+                "morphisms": row["morphisms"] if row["step"] == s["step"] else [],
+            }
+        )
+    return out
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
