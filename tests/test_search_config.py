@@ -15,7 +15,14 @@ def test_paper_preset_has_the_papers_values():
     # arXiv 1711.04528 Sec. 5.1: n_steps 5, n_neigh 8, n_NM 5, epoch_neigh 17, epoch_final 20,
     # 20 epochs of pretraining, lr 0.05 -> 0, batch 128
     c = preset("paper")
-    assert (c.n_steps, c.n_neigh, c.n_nm, c.epoch_neigh, c.epoch_final, c.epochs_init) == (5, 8, 5, 17, 20, 20)
+    assert (c.n_steps, c.n_neigh, c.n_nm, c.epoch_neigh, c.epoch_final, c.epochs_init) == (
+        5,
+        8,
+        5,
+        17,
+        20,
+        20,
+    )
     assert (c.lr_start, c.lr_end, c.batch_size) == (0.05, 0.0, 128)
     assert c.preset == "paper"
     assert c.sgdr and c.morph and not c.retrain_from_scratch

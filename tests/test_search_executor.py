@@ -25,15 +25,21 @@ def net_bytes(digits):
 
 
 def _train(epochs=1, **kw):
-    d = dict(epochs=epochs, lr_start=0.05, lr_end=0.0, batch_size=64, device="cpu", train_split="train",
-             eval_split="val")
+    d = dict(
+        epochs=epochs,
+        lr_start=0.05,
+        lr_end=0.0,
+        batch_size=64,
+        device="cpu",
+        train_split="train",
+        eval_split="val",
+    )
     d.update(kw)
     return d
 
 
 def test_run_job_trains_and_returns_onnx_and_metrics(digits, net_bytes):
     import onnx
-
     from nashir.backends.onnx import load
     from nashir.backends.torch import evaluate
 
@@ -68,7 +74,9 @@ def test_zero_epochs_still_scores_validation(digits, net_bytes):
 
 
 def test_reinit_changes_the_weights(digits, net_bytes):
-    a = run_job(Job("a", net_bytes, _train(0, eval_split="val"), DataSpec("digits"), seed=1, reinit=True), digits)
+    a = run_job(
+        Job("a", net_bytes, _train(0, eval_split="val"), DataSpec("digits"), seed=1, reinit=True), digits
+    )
     b = run_job(Job("b", net_bytes, _train(0, eval_split="val"), DataSpec("digits"), seed=1), digits)
     assert a.status == b.status == "ok"
     assert a.onnx != b.onnx
@@ -79,8 +87,17 @@ def test_diverged_and_failed_jobs_do_not_raise(digits, net_bytes):
     assert div.status == "diverged" and "loss became" in div.reason and div.onnx is None
     bad = run_job(Job("b", b"not an onnx model", _train(1), DataSpec("digits"), seed=0), digits)
     assert bad.status == "failed" and bad.reason
-    meta = run_job(Job("m", net_bytes, _train(1), DataSpec("digits"), seed=0,
-                       node_meta={"no_such_node": {"calibrate": "identity"}}), digits)
+    meta = run_job(
+        Job(
+            "m",
+            net_bytes,
+            _train(1),
+            DataSpec("digits"),
+            seed=0,
+            node_meta={"no_such_node": {"calibrate": "identity"}},
+        ),
+        digits,
+    )
     assert meta.status == "failed" and "no_such_node" in meta.reason
 
 
@@ -95,8 +112,17 @@ def test_node_meta_is_restored_before_training(digits, net_bytes, monkeypatch):
         return real(graph, data, cfg)
 
     monkeypatch.setattr(ntorch, "train", spy)
-    res = run_job(Job("m", net_bytes, _train(1), DataSpec("digits"), seed=0,
-                      node_meta={"bn2": {"calibrate": "identity"}}), digits)
+    res = run_job(
+        Job(
+            "m",
+            net_bytes,
+            _train(1),
+            DataSpec("digits"),
+            seed=0,
+            node_meta={"bn2": {"calibrate": "identity"}},
+        ),
+        digits,
+    )
     assert res.status == "ok"
     assert seen == {"bn2": {"calibrate": "identity"}}
 

@@ -42,8 +42,16 @@ def test_candidate_lifecycle(tmp_path):
     assert not led.is_finished("s1-c1")
     # a pending candidate may be recorded again (an interrupted run redoes it)
     led.add_candidate("s1-c1", 1, 1, "child", "init", morphs, params=100, macs=1000, seed=42, epochs=3)
-    led.finish_candidate("s1-c1", "ok", val_acc=0.5, train_seconds=1.5, job_seconds=2.0,
-                         history=[{"epoch": 0, "val_acc": 0.5}], metrics={"x": 1.0}, onnx="candidates/s1-c1.onnx")
+    led.finish_candidate(
+        "s1-c1",
+        "ok",
+        val_acc=0.5,
+        train_seconds=1.5,
+        job_seconds=2.0,
+        history=[{"epoch": 0, "val_acc": 0.5}],
+        metrics={"x": 1.0},
+        onnx="candidates/s1-c1.onnx",
+    )
     row = led.candidate("s1-c1")
     assert row["status"] == "ok" and row["val_acc"] == 0.5 and row["history"][0]["epoch"] == 0
     assert led.is_finished("s1-c1")

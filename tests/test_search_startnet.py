@@ -13,14 +13,40 @@ from nashir.search.startnet import check_model_fits, default_widths, reinitializ
 @pytest.mark.parametrize(
     "shape, classes, widths, ops",
     [
-        ((1, 8, 8), 10, (16, 32, 64), ["Conv", "BatchNormalization", "Relu", "MaxPool"] * 2
-         + ["Conv", "BatchNormalization", "Relu", "Flatten", "Gemm"]),
-        ((3, 32, 32), 100, (64, 128, 256), ["Conv", "BatchNormalization", "Relu", "MaxPool"] * 2
-         + ["Conv", "BatchNormalization", "Relu", "Flatten", "Gemm"]),
+        (
+            (1, 8, 8),
+            10,
+            (16, 32, 64),
+            ["Conv", "BatchNormalization", "Relu", "MaxPool"] * 2
+            + ["Conv", "BatchNormalization", "Relu", "Flatten", "Gemm"],
+        ),
+        (
+            (3, 32, 32),
+            100,
+            (64, 128, 256),
+            ["Conv", "BatchNormalization", "Relu", "MaxPool"] * 2
+            + ["Conv", "BatchNormalization", "Relu", "Flatten", "Gemm"],
+        ),
         # a 2x2 image: the first pooling makes 1x1, the second is left out
-        ((3, 2, 2), 4, (16, 32, 64), ["Conv", "BatchNormalization", "Relu", "MaxPool",
-                                      "Conv", "BatchNormalization", "Relu",
-                                      "Conv", "BatchNormalization", "Relu", "Flatten", "Gemm"]),
+        (
+            (3, 2, 2),
+            4,
+            (16, 32, 64),
+            [
+                "Conv",
+                "BatchNormalization",
+                "Relu",
+                "MaxPool",
+                "Conv",
+                "BatchNormalization",
+                "Relu",
+                "Conv",
+                "BatchNormalization",
+                "Relu",
+                "Flatten",
+                "Gemm",
+            ],
+        ),
     ],
 )
 def test_shape_of_the_start_network(shape, classes, widths, ops):
@@ -65,11 +91,14 @@ def test_seed_controls_the_weights():
     assert not np.array_equal(a.value("conv1.weight").const, c.value("conv1.weight").const)
 
 
-@pytest.mark.parametrize("args, pattern", [
-    (((1, 8), 10), "input shape must be"),
-    (((1, 8, 0), 10), "input shape must be"),
-    (((1, 8, 8), 1), "num_classes"),
-])
+@pytest.mark.parametrize(
+    "args, pattern",
+    [
+        (((1, 8), 10), "input shape must be"),
+        (((1, 8, 0), 10), "input shape must be"),
+        (((1, 8, 8), 1), "num_classes"),
+    ],
+)
 def test_bad_arguments(args, pattern):
     with pytest.raises(SearchError, match=pattern):
         start_network(*args)

@@ -47,8 +47,11 @@ _FIELDS = {
     "threads": "threads",
 }
 # boolean switches -> (field, value when the switch is given)
-_SWITCHES = {"no_sgdr": ("sgdr", False), "no_morph": ("morph", False),
-             "retrain_from_scratch": ("retrain_from_scratch", True)}
+_SWITCHES = {
+    "no_sgdr": ("sgdr", False),
+    "no_morph": ("morph", False),
+    "retrain_from_scratch": ("retrain_from_scratch", True),
+}
 
 
 def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
@@ -105,16 +108,21 @@ def build_config(ctx: click.Context, params: dict, stored: dict | None = None):
     if "passes" in given:
         overrides["passes"] = _names(given["passes"])
     if "no_sgdr" in given and given["no_sgdr"] and "lr_end" in given:
-        raise SearchError("--lr-end has no effect with --no-sgdr (a constant learning rate --lr-start); "
-                          "drop one of them")
+        raise SearchError(
+            "--lr-end has no effect with --no-sgdr (a constant learning rate --lr-start); drop one of them"
+        )
     if params.get("init") and "widths" in given:
-        raise SearchError("--widths sizes the generated start network; it has no effect with --init MODEL.onnx. "
-                          "Drop one of them")
+        raise SearchError(
+            "--widths sizes the generated start network; it has no effect with --init MODEL.onnx. "
+            "Drop one of them"
+        )
     if stored is not None:
         base = {k: v for k, v in stored.items() if k in SearchConfig.__dataclass_fields__}
         if "preset" in given and given["preset"] != base.get("preset"):
             if given["preset"] not in PRESETS:
-                raise SearchError(f"unknown preset {given['preset']!r}; expected one of {', '.join(sorted(PRESETS))}")
+                raise SearchError(
+                    f"unknown preset {given['preset']!r}; expected one of {', '.join(sorted(PRESETS))}"
+                )
             base.update(PRESETS[given["preset"]])
             base["preset"] = given["preset"]
         base.update(overrides)
@@ -129,21 +137,41 @@ def build_config(ctx: click.Context, params: dict, stored: dict | None = None):
 
 @click.command("search")
 @click.option("--dataset", "-d", default="digits", show_default=True, help=_DATASET_HELP)
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-              help="Folder with the CIFAR files (either official layout).")
-@click.option("--preset", type=click.Choice(["demo", "paper"]), default=None,
-              help="Settings to start from: paper (arXiv 1711.04528 Sec. 5.1: 5 steps, 8 neighbours, 5 morphisms, "
-                   "17 epochs per neighbour, 20 final, 20 pretraining, lr 0.05 -> 0, batch 128) or demo (digits on "
-                   "2 CPU cores in a few minutes). Default: demo for digits, paper otherwise.")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder with the CIFAR files (either official layout).",
+)
+@click.option(
+    "--preset",
+    type=click.Choice(["demo", "paper"]),
+    default=None,
+    help="Settings to start from: paper (arXiv 1711.04528 Sec. 5.1: 5 steps, 8 neighbours, 5 morphisms, "
+    "17 epochs per neighbour, 20 final, 20 pretraining, lr 0.05 -> 0, batch 128) or demo (digits on "
+    "2 CPU cores in a few minutes). Default: demo for digits, paper otherwise.",
+)
 @click.option("--steps", type=int, default=None, help="n_steps: hill-climbing steps.")
-@click.option("--neighbors", type=int, default=None,
-              help="n_neigh: candidates per step (n_neigh - 1 morphed children + the current best). "
-                   "1 = the paper's random-network baseline (one child replaces the model each step).")
+@click.option(
+    "--neighbors",
+    type=int,
+    default=None,
+    help="n_neigh: candidates per step (n_neigh - 1 morphed children + the current best). "
+    "1 = the paper's random-network baseline (one child replaces the model each step).",
+)
 @click.option("--morphs", type=int, default=None, help="n_NM: network morphisms per child.")
-@click.option("--epochs-neighbor", type=int, default=None, help="epoch_neigh: epochs each candidate trains per step.")
-@click.option("--epochs-final", type=int, default=None, help="epoch_final: epochs of the final training (train+val).")
-@click.option("--epochs-init", type=int, default=None,
-              help="Epochs of pretraining of the start network (default 0 with --init).")
+@click.option(
+    "--epochs-neighbor", type=int, default=None, help="epoch_neigh: epochs each candidate trains per step."
+)
+@click.option(
+    "--epochs-final", type=int, default=None, help="epoch_final: epochs of the final training (train+val)."
+)
+@click.option(
+    "--epochs-init",
+    type=int,
+    default=None,
+    help="Epochs of pretraining of the start network (default 0 with --init).",
+)
 @click.option("--lr-start", type=float, default=None, help="SGDR's starting learning rate.")
 @click.option("--lr-end", type=float, default=None, help="SGDR's final learning rate (<= --lr-start).")
 @click.option("--batch-size", type=int, default=None, help="Images per SGD step.")
@@ -151,21 +179,47 @@ def build_config(ctx: click.Context, params: dict, stored: dict | None = None):
 @click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, default=None, help="The one seed of the run (default 0).")
 @click.option("--threads", type=int, default=None, help="torch threads for training (default: torch's).")
-@click.option("--widths", default=None, help="Channels of the start network's three convolutions, e.g. 16,32,64.")
-@click.option("--passes", default=None, help="Morphism passes to sample from, comma-separated (default: all).")
+@click.option(
+    "--widths", default=None, help="Channels of the start network's three convolutions, e.g. 16,32,64."
+)
+@click.option(
+    "--passes", default=None, help="Morphism passes to sample from, comma-separated (default: all)."
+)
 @click.option("--no-sgdr", is_flag=True, help="Baseline: constant learning rate --lr-start instead of SGDR.")
-@click.option("--no-morph", is_flag=True,
-              help="Baseline: children keep the morphed architecture but are re-initialised and trained from scratch.")
-@click.option("--retrain-from-scratch", is_flag=True,
-              help="Baseline: the final architecture is re-initialised and trained for its lineage's epochs.")
-@click.option("--init", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Start from this ONNX model instead of the generated start network.")
-@click.option("--out", "-o", type=click.Path(), default=None,
-              help="Run folder. Default: runs/<dataset>-<preset>-<date>-<time> under the current folder.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out without retraining finished candidates.")
+@click.option(
+    "--no-morph",
+    is_flag=True,
+    help="Baseline: children keep the morphed architecture but are re-initialised and trained from scratch.",
+)
+@click.option(
+    "--retrain-from-scratch",
+    is_flag=True,
+    help="Baseline: the final architecture is re-initialised and trained for its lineage's epochs.",
+)
+@click.option(
+    "--init",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Start from this ONNX model instead of the generated start network.",
+)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(),
+    default=None,
+    help="Run folder. Default: runs/<dataset>-<preset>-<date>-<time> under the current folder.",
+)
+@click.option(
+    "--resume", is_flag=True, help="Continue the run in --out without retraining finished candidates."
+)
 @click.option("--force", is_flag=True, help="Replace the nashir run in --out.")
-@click.option("--executor", type=click.Choice(["inprocess"]), default="inprocess", show_default=True,
-              help="Who trains the candidates.")
+@click.option(
+    "--executor",
+    type=click.Choice(["inprocess"]),
+    default="inprocess",
+    show_default=True,
+    help="Who trains the candidates.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars; print only the result line.")
 @click.pass_context
 def search(ctx, **params):
@@ -181,8 +235,10 @@ def search(ctx, **params):
     if resume and out is None:
         raise SearchError("--resume needs --out RUN_DIR (the folder of the run to continue)")
     if resume and params["force"]:
-        raise SearchError("--resume and --force contradict each other: --resume continues the run in --out, "
-                          "--force replaces it; give one of them")
+        raise SearchError(
+            "--resume and --force contradict each other: --resume continues the run in --out, "
+            "--force replaces it; give one of them"
+        )
     stored = None
     if resume:
         if not is_run(out):
@@ -218,17 +274,22 @@ def search(ctx, **params):
         from tqdm.auto import tqdm
 
         echo = tqdm.write
-        echo(f"nashir search: {config.dataset} ({len(data.y_train)} train / {len(data.y_val)} val / "
-             f"{len(data.y_test)} test), preset {config.preset}, {config.n_steps} steps x {config.n_neigh} "
-             f"neighbours x {config.epoch_neigh} epochs, {config.n_nm} morphisms per child -> {out}")
+        echo(
+            f"nashir search: {config.dataset} ({len(data.y_train)} train / {len(data.y_val)} val / "
+            f"{len(data.y_test)} test), preset {config.preset}, {config.n_steps} steps x {config.n_neigh} "
+            f"neighbours x {config.epoch_neigh} epochs, {config.n_nm} morphisms per child -> {out}"
+        )
     from nashir.search import nash
 
-    result = nash(model0, data, config, run_dir=out, resume=resume, force=params["force"],
-                  progress=not quiet, echo=echo)
+    result = nash(
+        model0, data, config, run_dir=out, resume=resume, force=params["force"], progress=not quiet, echo=echo
+    )
     best = out / "best.onnx"
-    line = (f"best model: {best} ({result.params:,} params), test accuracy {100 * result.test_acc:.2f}%"
-            + (f" (onnxruntime {100 * result.test_acc_onnx:.2f}%)" if result.test_acc_onnx is not None else "")
-            + f", {result.wall_seconds:.0f} s")
+    line = (
+        f"best model: {best} ({result.params:,} params), test accuracy {100 * result.test_acc:.2f}%"
+        + (f" (onnxruntime {100 * result.test_acc_onnx:.2f}%)" if result.test_acc_onnx is not None else "")
+        + f", {result.wall_seconds:.0f} s"
+    )
     if not quiet:
         click.echo("")
         click.echo(result.summary_table())
@@ -240,8 +301,13 @@ def search(ctx, **params):
 
 @click.command("report")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
-              help="Folder for the plots and report.md (default RUN_DIR/report).")
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder for the plots and report.md (default RUN_DIR/report).",
+)
 def report(run_dir, out):
     """Write PNG plots and a markdown report for a NASH run folder.
 
