@@ -442,6 +442,19 @@ def channel_flow(graph: Graph, source: Node | Value | str, couple: bool = True) 
     return flow
 
 
+def resolve_value(graph: Graph, name: str) -> Value:
+    """A value by name, a node's name meaning its first output (``Graph.find_value``), or a constant
+    by its name (so that a pass can say "that is a weight" instead of "unknown").
+
+    Raises:
+        GraphError: no such value or node; suggests the closest names.
+    """
+    v = graph.values.get(name)
+    if v is not None and v.is_const:
+        return v
+    return graph.find_value(name)
+
+
 def _order(v: Value, pos: dict[int, int]) -> int:
     return -1 if v.producer is None else pos[id(v.producer)]
 
@@ -518,5 +531,5 @@ def layer_outputs(graph: Graph) -> list[Value]:
 
 __all__ = [
     "Carried", "Absorber", "PerChannelArray", "ChannelFlow", "channel_flow", "nonneg_values", "is_nonneg",
-    "is_layer_output", "layer_outputs", "PRODUCER_OPS",
+    "is_layer_output", "layer_outputs", "resolve_value", "PRODUCER_OPS",
 ]

@@ -14,7 +14,7 @@ import numpy as np
 from nashir.errors import GraphError, PassError
 from nashir.ir import Graph, Value
 
-from .analysis import is_nonneg, layer_outputs
+from .analysis import is_nonneg, layer_outputs, resolve_value
 from .base import Pass, PassResult, Site, register_pass
 from .transforms import identity_batchnorm, identity_conv_weight
 
@@ -95,7 +95,7 @@ class Net2Deeper(Pass):
 
     def check(self, graph: Graph, site: ValueSite) -> str | None:
         try:
-            v = graph.find_value(site.value)
+            v = resolve_value(graph, site.value)
         except GraphError as e:
             return str(e)
         reason = deepen_reason(graph, v)

@@ -14,7 +14,7 @@ import numpy as np
 from nashir.errors import GraphError, PassError
 from nashir.ir import Graph, Node, Value
 
-from .analysis import channel_flow, layer_outputs
+from .analysis import channel_flow, layer_outputs, resolve_value
 from .base import Pass, PassResult, Site, register_pass
 from .net2wider import remap_channels
 from .transforms import pool_factors
@@ -65,6 +65,12 @@ def skip_reason(graph: Graph, a: Value, b: Value) -> str | None:
                 "make a cycle); pick a source upstream of the target")
     if any(o is b for o in graph.outputs):
         return f"{b.name!r} is a graph output; a skip into it would rename the model's output"
+    return shape_reason(a, b)
+
+
+def shape_reason(a: Value, b: Value) -> str | None:
+    """Why the shapes of ``a`` and ``b`` cannot be joined by a skip (ranks, symbolic sizes,
+    spatial sizes no pooling matches), or None."""
     ra, rb = len(a.shape or ()), len(b.shape or ())
     if ra != rb or ra not in (2, 4):
         return (f"{a.name!r} has shape {list(a.shape or ())} and {b.name!r} {list(b.shape or ())}; a skip "
@@ -114,15 +120,19 @@ class _Skip(Pass):
 
     def _resolve(self, graph: Graph, site: SkipSite) -> tuple[Value, Value] | str:
         try:
-            return graph.find_value(site.src), graph.find_value(site.dst)
+            return resolve_value(graph, site.src), resolve_value(graph, site.dst)
         except GraphError as e:
             return str(e)
+
+    def target_reason(self, graph: Graph, b: Value) -> str | None:
+        """Why the target ``b`` cannot take this skip whatever the source (None: it can)."""
+        return None
 
     def check(self, graph: Graph, site: SkipSite) -> str | None:
         r = self._resolve(graph, site)
         if isinstance(r, str):
             return r
-        return skip_reason(graph, *r)
+        return skip_reason(graph, *r) or self.target_reason(graph, r[1])
 
     def sites(self, graph: Graph) -> list[SkipSite]:
         """Every (source, target) pair of layer outputs (see :func:`~nashir.passes.analysis.layer_outputs`)
@@ -142,11 +152,10 @@ class _Skip(Pass):
                 anc[id(o)] = m
         out: list[SkipSite] = []
         for b in layers:
-            for a in layers:
-                if anc[id(b)] & bit[id(a)]:
-                    site = SkipSite(a.name, b.name)
-                    if self.check(graph, site) is None:
-                        out.append(site)
+            if self.target_reason(graph, b) is not None:
+                continue
+            out.extend(SkipSite(a.name, b.name) for a in layers
+                       if anc[id(b)] & bit[id(a)] and shape_reason(a, b) is None)
         return out
 
     def parse_site(self, graph: Graph, text: str) -> SkipSite:
@@ -209,11 +218,7 @@ class ConcatSkip(_Skip):
             raise PassError(f"concat-skip: channels must be a positive integer, got {channels!r}")
         self.channels = None if channels is None else int(channels)
 
-    def check(self, graph: Graph, site: SkipSite) -> str | None:
-        reason = super().check(graph, site)
-        if reason is not None:
-            return reason
-        b = graph.find_value(site.dst)
+    def target_reason(self, graph: Graph, b: Value) -> str | None:
         flow = channel_flow(graph, b, couple=False)
         return None if flow.ok else f"{b.name!r} cannot take new channels: {flow.reason}"
 
@@ -240,4 +245,4 @@ class ConcatSkip(_Skip):
                                         "pooling": [n.name for n in nodes if "Pool" in n.op_type]})
 
 
-__all__ = ["AddSkip", "ConcatSkip", "SkipSite", "parse_skip", "skip_reason"]
+__all__ = ["AddSkip", "ConcatSkip", "SkipSite", "parse_skip", "skip_reason", "shape_reason"]

@@ -179,16 +179,17 @@ def pad_kernel(w: np.ndarray, by: int = 1) -> np.ndarray:
 
 
 def pool_factor(size_in: int, size_out: int, ceil_mode: bool = False) -> int | None:
-    """The smallest pooling factor ``f`` (kernel = stride = f, no pads) that maps ``size_in`` to
-    ``size_out`` along one axis, or None when none does.
+    """The pooling factor ``f`` (kernel = stride = f, no pads) that maps ``size_in`` to ``size_out``
+    along one axis, or None when none does: the exact ratio when ``size_out`` divides ``size_in``
+    (every input row is pooled), else the smallest ``f`` that gives ``size_out``.
 
     ``out = floor((size_in - f) / f) + 1``; with ``ceil_mode`` the division rounds up and a last
     window that would start past the input is dropped (the ONNX and torch rule).
     """
     if size_out > size_in or size_out < 1:
         return None
-    if size_out == size_in:
-        return 1
+    if size_in % size_out == 0:
+        return size_in // size_out
     for f in range(2, size_in + 1):
         span = size_in - f
         if ceil_mode:
