@@ -559,3 +559,17 @@ def test_lowering_does_not_touch_the_graph():
             p.add_(1.0)
     assert str(g) == text
     assert all(np.array_equal(v.const, consts[v.name]) for v in g.constants())
+
+
+def test_deepcopy_keeps_the_name_maps():
+    import copy
+
+    g = residual()
+    m = copy.deepcopy(to_torch(g))
+    assert isinstance(m, torch.fx.GraphModule)
+    assert list(m.nashir_modules) == [n.name for n in g.nodes]
+    with torch.no_grad():
+        m.get_submodule(m.nashir_modules["gemm_0"]).bias.add_(1.0)
+    update_weights(g, m)
+    assert np.array_equal(g.value("gemm_0.bias").const,
+                          m.get_submodule(m.nashir_modules["gemm_0"]).bias.detach().numpy())

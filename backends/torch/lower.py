@@ -52,6 +52,7 @@ Adding an op to the backend is adding one function with :func:`register_lowering
 
 from __future__ import annotations
 
+import copy
 import keyword
 import math
 import re
@@ -75,6 +76,7 @@ __all__ = [
     "lowerable_ops",
     "module_name",
     "Lowered",
+    "LoweredModule",
     "PadConv1d",
     "PadConv2d",
     "PadConv3d",
@@ -710,6 +712,19 @@ def _unique(base: str, taken: set[str]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+class LoweredModule(torch.fx.GraphModule):
+    """The ``torch.fx.GraphModule`` :func:`to_torch` returns; keeps its name maps through ``deepcopy``."""
+
+    _NASHIR_ATTRS = ("nashir_modules", "nashir_weights", "nashir_inputs")
+
+    def __deepcopy__(self, memo):  # noqa: D105
+        res = super().__deepcopy__(memo)
+        for a in self._NASHIR_ATTRS:
+            if a in self.__dict__:
+                setattr(res, a, copy.deepcopy(self.__dict__[a], memo))
+        return res
+
+
 def _get_tensor(module: nn.Module, qual: str) -> torch.Tensor:
     mod_path, _, attr = qual.rpartition(".")
     sub = module.get_submodule(mod_path) if mod_path else module
@@ -728,7 +743,7 @@ def _set_shared(sub: nn.Module, attr: str, tensor: torch.Tensor) -> None:
         sub._buffers[attr] = tensor
 
 
-def to_torch(graph: Graph, device: str | torch.device | None = None) -> torch.fx.GraphModule:
+def to_torch(graph: Graph, device: str | torch.device | None = None) -> LoweredModule:
     """Lower a graph to a ``torch.fx.GraphModule`` with one submodule per IR node.
 
     The module's ``forward`` takes the graph's data inputs in order (float32 NCHW tensors) and
@@ -829,7 +844,7 @@ def to_torch(graph: Graph, device: str | torch.device | None = None) -> torch.fx
         env[node.outputs[0].name] = fxg.call_module(sub_name, tuple(args))
     outs = [env[v.name] for v in graph.outputs]
     fxg.output(outs[0] if len(outs) == 1 else tuple(outs))
-    gm = torch.fx.GraphModule(root, fxg, class_name=_class_name(graph.name))
+    gm = LoweredModule(root, fxg, class_name=_class_name(graph.name))
     gm.nashir_modules = names
     gm.nashir_weights = weights
     gm.nashir_inputs = [v.name for v in graph.inputs]
