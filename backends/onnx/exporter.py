@@ -84,11 +84,11 @@ def _value_info(name: str, dtype: str, shape, batch_symbol: str | None) -> onnx.
     return helper.make_tensor_value_info(name, elem, dims if shape is not None else None)
 
 
-def _tensor(name: str, arr: np.ndarray) -> onnx.TensorProto:
+def _fill_tensor(t: onnx.TensorProto, name: str, arr: np.ndarray) -> None:
+    """Write ``arr`` into the (empty) TensorProto ``t`` as little-endian raw data."""
     arr = np.asarray(arr)
     if arr.dtype.name not in _NP2ONNX:
         raise ExportError(f"constant {name!r}: dtype {arr.dtype.name} has no ONNX equivalent here")
-    t = TensorProto()
     t.name = name
     t.data_type = _NP2ONNX[arr.dtype.name]
     t.dims.extend(arr.shape)
@@ -96,7 +96,6 @@ def _tensor(name: str, arr: np.ndarray) -> onnx.TensorProto:
         t.raw_data = np.ascontiguousarray(arr, dtype=np.uint8).tobytes()
     else:
         t.raw_data = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
-    return t
 
 
 def _attrs_for_opset(node, opset: int) -> dict:
@@ -152,7 +151,15 @@ def to_onnx(graph: Graph, opset: int | None = None) -> onnx.ModelProto:
             break
     batch_symbol = batch_symbol or "N"
 
-    nodes = []
+    # Built in place in one ModelProto: helper.make_graph/make_model would copy every weight twice.
+    model = onnx.ModelProto()
+    model.ir_version = ir_version_for(opset)
+    model.producer_name = "nashir"
+    model.producer_version = nashir.__version__
+    imp = model.opset_import.add()
+    imp.domain, imp.version = "", opset
+    gp = model.graph
+    gp.name = graph.name or "graph"
     used_consts: dict[str, np.ndarray] = {}
     for nd in graph.nodes:
         ins = []
@@ -165,20 +172,15 @@ def to_onnx(graph: Graph, opset: int | None = None) -> onnx.ModelProto:
             ins.append(v.name)
         while ins and ins[-1] == "":
             ins.pop()
-        nodes.append(helper.make_node(nd.op_type, ins, [o.name for o in nd.outputs], name=nd.name,
-                                      **_attrs_for_opset(nd, opset)))
+        gp.node.append(helper.make_node(nd.op_type, ins, [o.name for o in nd.outputs], name=nd.name,
+                                        **_attrs_for_opset(nd, opset)))
     for v in graph.outputs:
         if v.is_const:
             used_consts[v.name] = v.const
-    inits = [_tensor(k, a) for k, a in used_consts.items()]
-    inputs = [_value_info(v.name, v.dtype, v.shape, batch_symbol) for v in graph.inputs]
-    outputs = [_value_info(v.name, v.dtype, v.shape, batch_symbol) for v in graph.outputs]
-    g = helper.make_graph(nodes, graph.name or "graph", inputs, outputs, initializer=inits)
-    model = helper.make_model(
-        g, opset_imports=[helper.make_opsetid("", opset)], producer_name="nashir",
-        producer_version=nashir.__version__,
-    )
-    model.ir_version = ir_version_for(opset)
+    for k, a in used_consts.items():
+        _fill_tensor(gp.initializer.add(), k, a)
+    gp.input.extend(_value_info(v.name, v.dtype, v.shape, batch_symbol) for v in graph.inputs)
+    gp.output.extend(_value_info(v.name, v.dtype, v.shape, batch_symbol) for v in graph.outputs)
     return model
 
 
@@ -252,12 +254,16 @@ def save(graph: Graph, path, opset: int | None = None, external_data: bool = Fal
                 e = t.external_data.add()
                 e.key, e.value = k, v
             offset += len(raw)
-    if model.ByteSize() >= _TWO_GIB:
-        raise ExportError(
-            f"graph {graph.name!r} is over protobuf's 2 GiB limit for one file; save with external_data=True "
-            "(`--external-data` on the command line)"
-        )
-    blob = model.SerializeToString()
+    too_big = ExportError(
+        f"graph {graph.name!r} is over protobuf's 2 GiB limit for one file; save with external_data=True "
+        "(`--external-data` on the command line)"
+    )
+    if not external_data and sum(v.const.nbytes for v in graph.constants()) >= _TWO_GIB:
+        raise too_big
+    try:
+        blob = model.SerializeToString()
+    except ValueError:  # protobuf refuses messages over 2 GiB
+        raise too_big from None
     try:
         if chunks:
             _atomic_write(path.parent / data_name, chunks)
