@@ -29,7 +29,10 @@ __version__ = "0.1.0"
 
 
 def load(model, input_shape=None) -> Graph:
-    """Read an ONNX model (path or ``onnx.ModelProto``) into the IR; see :func:`nashir.backends.onnx.from_onnx`."""
+    """Read an ONNX model (path or ``onnx.ModelProto``) into the IR.
+
+    See :func:`nashir.backends.onnx.from_onnx`.
+    """
     from nashir.backends.onnx import load as _load
 
     return _load(model, input_shape=input_shape)
@@ -43,7 +46,10 @@ def save(graph: Graph, path, opset: int | None = None, **kw) -> None:
 
 
 def check_preservation(before: Graph, after: Graph, inputs=None, n: int = 8, seed: int = 0, **kw):
-    """Run both graphs on the same random inputs; see :func:`nashir.passes.preservation.check_preservation`."""
+    """Run both graphs on the same random inputs.
+
+    See :func:`nashir.passes.preservation.check_preservation`.
+    """
     from nashir.passes.preservation import check_preservation as _cp
 
     return _cp(before, after, inputs=inputs, n=n, seed=seed, **kw)

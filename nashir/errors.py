@@ -47,7 +47,8 @@ class UnsupportedOpError(ImportErrorONNX):
         super().__init__(
             f"{where} uses op(s) nashir does not support (nothing was written):\n  "
             + "\n  ".join(lines)
-            + "\nSupported ops are listed by `nashir.ops.supported_ops()`; convert or remove these nodes first."
+            + "\nSupported ops are listed by `nashir.ops.supported_ops()`; convert or remove these nodes "
+            "first."
         )
 
 
