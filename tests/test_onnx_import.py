@@ -528,3 +528,22 @@ def test_external_data_relative_to_model(tmp_path):
     assert str(g2) == str(g)
     x = RNG.normal(size=(2, 3, 8, 8)).astype(np.float32)
     assert_close(run(g, x)[0], run(sub / "m.onnx", x)[0])
+
+
+def test_opset_below_7_is_upgraded():
+    inits = [init("w", W(4, 3, 3, 3))] + [init(k, np.linspace(0.5, 1.5, 4, dtype=np.float32)) for k in "sbmv"]
+
+    def model(opset):
+        bn_attrs = {"is_test": 1, "epsilon": 1e-3} if opset < 7 else {"epsilon": 1e-3}
+        nodes = [
+            helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+            helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["n"], name="bn", **bn_attrs),
+            helper.make_node("Relu", ["n"], ["y"], name="r"),
+        ]
+        return make_model(nodes, inits, opset=opset, ir=3, inits_as_inputs=True)
+
+    g = nashir.load(model(6))  # onnxruntime no longer runs BatchNormalization-6: compare with opset 7
+    assert ops_of(g) == ["Conv", "BatchNormalization", "Relu"] and g.meta["source_opset"] == 7
+    assert g.node("bn").attrs["epsilon"] == 1e-3
+    x = RNG.normal(size=(2, 3, 8, 8)).astype(np.float32)
+    assert_close(run(g, x)[0], run(model(7), x)[0])
