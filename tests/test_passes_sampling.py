@@ -1,0 +1,136 @@
+"""sample_morphisms (NASH's ApplyNetMorphs) and Constraints."""
+
+from __future__ import annotations
+
+import collections
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from nashir.passes import (
+    SEARCH_PASSES,
+    Constraints,
+    Pass,
+    PassResult,
+    Site,
+    get_pass,
+    sample_morphisms,
+)
+from test_passes_nets import plain_net, residual_net
+
+from nashir.errors import PassError
+
+
+def test_does_not_modify_the_graph_and_records_are_json():
+    g = plain_net()
+    text, params = str(g), g.param_count()
+    child, morphs = sample_morphisms(g, 5, np.random.default_rng(0))
+    assert str(g) == text and g.param_count() == params
+    assert child is not g and len(morphs) == 5 and morphs.note is None
+    child.verify()
+    assert all(m["pass"] in SEARCH_PASSES for m in morphs)
+    back = json.loads(json.dumps(morphs))
+    assert [set(m) for m in back] == [{"pass", "site", "info"}] * 5
+
+
+def test_seeded_runs_repeat():
+    g = residual_net()
+    c1, m1 = sample_morphisms(g, 6, 11)
+    c2, m2 = sample_morphisms(g, 6, np.random.default_rng(11))
+    assert str(c1) == str(c2) and list(m1) == list(m2)
+    for a, b in zip(c1.constants(), c2.constants()):
+        assert np.array_equal(a.const, b.const)
+    c3, m3 = sample_morphisms(g, 6, 12)
+    assert list(m3) != list(m1)
+
+
+@dataclass(frozen=True)
+class _S(Site):
+    k: int
+
+    def __str__(self):
+        return f"s{self.k}"
+
+
+class _Counting(Pass):
+    exact = True
+
+    def __init__(self, name, n_sites):
+        self.name = name
+        self.n_sites = n_sites
+
+    def sites(self, graph):
+        return [_S(k) for k in range(self.n_sites)]
+
+    def check(self, graph, site):
+        return None
+
+    def rewrite(self, graph, site, rng):
+        return PassResult(graph, False, {"k": site.k})
+
+
+def test_uniform_over_passes_then_over_sites():
+    g = plain_net()
+    few, many = _Counting("few-test", 1), _Counting("many-test", 9)
+    rng = np.random.default_rng(0)
+    by_pass = collections.Counter()
+    by_site = collections.Counter()
+    for _ in range(1000):
+        _, (m,) = sample_morphisms(g, 1, rng, passes=[few, many])
+        by_pass[m["pass"]] += 1
+        if m["pass"] == "many-test":
+            by_site[m["site"]] += 1
+    # uniform over passes (not over all 10 sites): about 500 each; sd about 16
+    assert 400 < by_pass["few-test"] < 600
+    assert len(by_site) == 9 and all(25 < c < 95 for c in by_site.values())  # ~55 each
+
+
+def test_passes_without_sites_are_not_drawn():
+    g = plain_net()
+    _, morphs = sample_morphisms(g, 20, 0, passes=[_Counting("none-test", 0), _Counting("one-test", 1)])
+    assert {m["pass"] for m in morphs} == {"one-test"}
+    _, morphs = sample_morphisms(g, 3, 0, passes=[_Counting("none-test", 0)])
+    assert len(morphs) == 0 and "no pass has an applicable site" in morphs.note
+
+
+def test_constraints_skip_and_redraw_then_stop_with_a_note():
+    g = plain_net()
+    p = g.param_count()
+    child, morphs = sample_morphisms(g, 3, 0, constraints=Constraints(max_params=p))
+    assert len(morphs) == 0 and "stopped after 0 of 3 morphisms" in morphs.note
+    assert "max_params" in morphs.note
+    assert str(child) == str(g)
+    # widen-kernel with a small MAC budget: the first fits, later ones do not
+    wk = get_pass("widen-kernel", max_kernel=99)
+    limit = Constraints(max_macs=g.mac_count() + 13000)  # c1: +6912, c3: +5184, c2: +13824 MACs
+    child, morphs = sample_morphisms(g, 5, 0, passes=[wk], constraints=limit)
+    assert 0 < len(morphs) < 5 and "max_macs" in morphs.note
+    assert child.mac_count() <= limit.max_macs
+
+
+def test_constraints_violation():
+    g = plain_net()
+    assert Constraints().violation(g) is None
+    assert "parameters" in Constraints(max_params=10).violation(g)
+    assert "MACs" in Constraints(max_macs=10).violation(g)
+
+
+def test_bad_arguments():
+    g = plain_net()
+    with pytest.raises(PassError):
+        sample_morphisms(g, -1, 0)
+    with pytest.raises(PassError):
+        sample_morphisms(g, 1, 0, passes=[])
+    with pytest.raises(PassError, match="no pass named"):
+        sample_morphisms(g, 1, 0, passes=["nope"])
+
+
+def test_a_pass_that_breaks_the_graph_is_reported():
+    class Breaks(_Counting):
+        def rewrite(self, graph, site, rng):
+            graph.node("c1").outputs[0].shape = (1,)
+            return PassResult(graph, True, {})
+
+    with pytest.raises(PassError, match="breaks-test at s0 left a graph that does not verify"):
+        sample_morphisms(plain_net(), 2, 0, passes=[Breaks("breaks-test", 1)])
