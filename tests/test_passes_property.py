@@ -76,7 +76,8 @@ def test_random_morphisms_keep_the_function(spec, n_morph, seed, split):
     passes = [get_pass("net2wider", split=split), get_pass("net2deeper"), get_pass("add-skip"),
               get_pass("concat-skip"), get_pass("widen-kernel")]
     limit = Constraints(max_params=4 * g.param_count() + 20_000, max_macs=4 * g.mac_count() + 200_000)
-    child, morphs = sample_morphisms(g, n_morph, np.random.default_rng(seed), passes=passes, constraints=limit)
+    rng = np.random.default_rng(seed)
+    child, morphs = sample_morphisms(g, n_morph, rng, passes=passes, constraints=limit)
     assert str(g) == text  # the parent is untouched
     assert len(morphs) == n_morph or morphs.note
     child.verify()
