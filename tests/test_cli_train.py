@@ -91,6 +91,17 @@ def test_train_on_a_tiny_cifar10_binary_folder(tmp_path, capsys):
     assert rc == 0 and stdout.startswith("accuracy ") and "16 images" in stdout
 
 
+def test_trainval_reports_test_accuracy(tmp_path, capsys):
+    model = cnn(tmp_path / "m.onnx")
+    rc, stdout, err = run(capsys, "train", model, "--dataset", "digits", "--epochs", 1, "--trainval",
+                          "--device", "cpu", "--history", tmp_path / "h.json", "-o", tmp_path / "o.onnx",
+                          "--no-progress")
+    assert rc == 0, err
+    assert "test_acc" in stdout
+    (row,) = json.loads((tmp_path / "h.json").read_text())
+    assert "test_acc" in row and "val_acc" not in row
+
+
 def test_progress_bar_is_shown(tmp_path, capsys):
     model = cnn(tmp_path / "m.onnx")
     rc, _, err = run(capsys, "train", model, "--dataset", "digits", "--epochs", 1, "--device", "cpu",

@@ -99,9 +99,11 @@ def train(model, dataset, data_dir, epochs, lr_start, lr_end, batch_size, weight
     SGD with momentum and weight decay, the learning rate annealed per iteration from --lr-start
     to --lr-end by one cosine cycle (SGDR, Loshchilov & Hutter 2017), as NASH trains every
     candidate. BatchNorm layers inserted by Net2DeeperNet are calibrated on the first batch.
-    Example:
 
-      nashir train model.onnx --dataset cifar10 --data-dir ~/data --epochs 20 -o trained.onnx
+    \b
+    Example:
+      nashir train model.onnx --dataset cifar10 --data-dir ~/data \\
+          --epochs 20 -o trained.onnx
     """
     if _same_file(model, output):
         raise UsageError(
@@ -178,8 +180,8 @@ def _evaluate_ort(graph, data, split: str, batch_size: int) -> tuple[float, floa
 def eval_cmd(model, dataset, data_dir, split, runtime, batch_size, device, seed, as_json):
     """Print MODEL's accuracy (and mean cross-entropy) on a split of a data set.
 
+    \b
     Example:
-
       nashir eval trained.onnx --dataset cifar10 --data-dir ~/data --split test
     """
     if batch_size < 1:
