@@ -1,7 +1,7 @@
 """ONNX in and out (DESIGN.md section 4).
 
 * :func:`to_onnx` / :func:`save` / :func:`model_bytes`: IR -> ONNX opset 17, IR version 8 (loaded
-  by onnxruntime 1.14 and later), weights as initializers not listed as inputs, symbolic batch
+  by onnxruntime 1.13 and later), weights as initializers not listed as inputs, symbolic batch
   dimension, written atomically.
 * :func:`from_onnx` / :func:`load`: ONNX (opsets 7 to the newest the installed ``onnx`` defines,
   IR version 3 and up) -> IR, normalising constant subgraphs, every Flatten form, Gemm/MatMul+Add,

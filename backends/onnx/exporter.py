@@ -2,8 +2,8 @@
 
 Export writes ONNX opset :data:`EXPORT_OPSET` (17) with IR version :data:`EXPORT_IR_VERSION` (8)
 unless asked for another opset. Why 17 / IR 8: the IR keeps opset-17 semantics (Clip min/max as
-inputs, Softmax on one axis, BatchNormalization without ``spatial``, Dropout with inputs), and every
-onnxruntime release since 1.14 loads opset 17 / IR 8 (onnxruntime 1.17 loads up to opset 20 /
+inputs, Softmax on one axis, BatchNormalization without ``spatial``, Dropout with inputs), and onnxruntime
+implements opset 17 / IR 8 from release 1.13 on (onnxruntime 1.17 implements up to opset 20 /
 IR 9), while the newest opsets the ``onnx`` package defines are often ahead of the runtimes users
 deploy. Weights are initializers that are *not* listed as graph inputs; the batch dimension of
 inputs and outputs is symbolic (``N`` unless the IR names another symbol).
@@ -64,7 +64,7 @@ def _check_opset(opset: int) -> int:
     if not isinstance(opset, (int, np.integer)) or not MIN_EXPORT_OPSET <= int(opset) <= newest:
         raise ExportError(
             f"opset {opset!r} cannot be exported: nashir writes opsets {MIN_EXPORT_OPSET}..{newest} "
-            f"(default {EXPORT_OPSET}, which onnxruntime >= 1.14 loads); pass one in that range"
+            f"(default {EXPORT_OPSET}, which onnxruntime >= 1.13 loads); pass one in that range"
         )
     return int(opset)
 

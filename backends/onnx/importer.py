@@ -402,7 +402,8 @@ class _Importer:
                 rest = given
             bad = [k + 1 for k, d in enumerate(rest) if d is None or d <= 0]
             if bad:
-                shown = [d.dim_param or "?" for d in tt.shape.dim] if tt.HasField("shape") else []
+                dims_in = tt.shape.dim if tt.HasField("shape") else []
+                shown = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims_in]
                 raise self.fail(
                     f"graph input {vi.name!r} has shape {shown} with unresolved non-batch dimension(s) at "
                     f"position(s) {bad}; give them with --input-shape C,H,W (e.g. --input-shape 3,224,224), "
