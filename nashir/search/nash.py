@@ -329,8 +329,10 @@ def nash(
     from nashir.backends.onnx import model_bytes
 
     stored_start = run_path / "candidates" / "start.onnx"
+    start_blob = None
     if model0 is None and action == "resume" and stored_start.is_file():
-        model0 = _load_bytes(stored_start.read_bytes())
+        start_blob = stored_start.read_bytes()  # the very bytes of the run (no re-export)
+        model0 = _load_bytes(start_blob)
     if model0 is None:
         model0 = start_network(
             data.input_shape,
@@ -344,7 +346,8 @@ def nash(
             f"the start model has {model0.param_count()} parameters, above --max-params "
             f"{config.max_params}; raise --max-params or start from a smaller model"
         )
-    start_blob = model_bytes(model0)
+    if start_blob is None:
+        start_blob = model_bytes(model0)
     stored_cfg = {
         **config.to_dict(),
         "data": _data_info(data),
