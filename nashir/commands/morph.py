@@ -1,0 +1,247 @@
+"""``nashir morph MODEL.onnx ...``: apply network morphisms to an ONNX model; ``nashir passes``: list them.
+
+The morph flags (``--widen``, ``--deepen``, ``--skip-add``, ``--skip-concat``, ``--widen-kernel``,
+``--apply``) apply in the order given on the command line; ``--width``/``--factor`` belong to the
+``--widen`` before them and ``--kernel`` to the ``--deepen`` before it. The input file is only read;
+the output is written atomically, and nothing is written when an error occurs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from nashir.errors import NashirError
+
+ORDERED = ("widen", "width", "factor", "deepen", "kernel", "skip_add", "skip_concat", "widen_kernel", "apply")
+_FLAG = {"widen": "--widen", "deepen": "--deepen", "skip_add": "--skip-add", "skip_concat": "--skip-concat",
+         "widen_kernel": "--widen-kernel", "apply": "--apply", "width": "--width", "factor": "--factor",
+         "kernel": "--kernel"}
+_PASS = {"widen": "net2wider", "deepen": "net2deeper", "skip_add": "add-skip", "skip_concat": "concat-skip",
+         "widen_kernel": "widen-kernel"}
+
+
+class MorphUsageError(NashirError):
+    """The morph flags do not fit together (exit 2)."""
+
+
+class PreservationFailed(NashirError):
+    """``--check`` found outputs that differ by more than the tolerance (exit 1)."""
+
+    exit_code = 1
+
+
+class _OrderedCommand(click.Command):
+    """A command that records the order in which options occur (``ctx.meta['nashir.order']``)."""
+
+    def make_parser(self, ctx):
+        parser = super().make_parser(ctx)
+        parse = parser.parse_args
+
+        def parse_args(args):
+            opts, largs, order = parse(args=args)
+            ctx.meta["nashir.order"] = [getattr(p, "name", None) for p in order]
+            return opts, largs, order
+
+        parser.parse_args = parse_args
+        return parser
+
+
+def ordered_steps(order: list[str], values: dict[str, tuple]) -> list[dict]:
+    """Turn the command line's option order and each option's values into morph steps.
+
+    Returns:
+        ``[{"flag", "pass", "target", "options"}]`` in command-line order.
+
+    Raises:
+        MorphUsageError: ``--width``/``--factor`` without a ``--widen`` before it, both given for one
+            ``--widen``, or ``--kernel`` without a ``--deepen``; a bad ``--apply``.
+    """
+    queues = {k: list(v) for k, v in values.items()}
+    steps: list[dict] = []
+    for name in order:
+        if name not in ORDERED or not queues.get(name):
+            continue
+        val = queues[name].pop(0)
+        if name in ("width", "factor", "kernel"):
+            owner = "widen" if name != "kernel" else "deepen"
+            last = next((s for s in reversed(steps) if s["key"] == owner), None)
+            if last is None:
+                raise MorphUsageError(
+                    f"{_FLAG[name]} {val} must follow the {_FLAG[owner]} NAME it belongs to, e.g. "
+                    f"`{_FLAG[owner]} conv1 {_FLAG[name]} {val}`"
+                )
+            if name in ("width", "factor") and ({"width", "factor"} & set(last["options"])):
+                raise MorphUsageError(
+                    f"{_FLAG[owner]} {last['target']}: give either --width or --factor once, not both "
+                    "or twice"
+                )
+            if name == "kernel" and "kernel" in last["options"]:
+                raise MorphUsageError(f"--deepen {last['target']}: --kernel is given twice")
+            last["options"][name] = val
+            continue
+        if name == "apply":
+            pname, sep, site = val.partition(":")
+            if not sep or not pname or not site:
+                raise MorphUsageError(f"--apply {val!r}: expected PASS:SITE, e.g. --apply net2deeper:relu1")
+            steps.append({"key": name, "flag": "--apply", "pass": pname, "target": site, "options": {}})
+            continue
+        steps.append({"key": name, "flag": _FLAG[name], "pass": _PASS[name], "target": val, "options": {}})
+    return steps
+
+
+def _default_output(model: str) -> Path:
+    p = Path(model)
+    stem = p.name[:-5] if p.name.lower().endswith(".onnx") else p.name
+    return p.with_name(stem + ".morphed.onnx")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+@click.command("morph", cls=_OrderedCommand)
+@click.argument("model", metavar="MODEL.onnx")
+@click.option("--widen", multiple=True, metavar="NAME",
+              help="Net2Wider a Conv/Gemm (node or output value name).")
+@click.option("--width", multiple=True, type=int, metavar="N", help="New width for the --widen before it.")
+@click.option("--factor", multiple=True, type=float, metavar="F",
+              help="Widening factor (> 1) for the --widen before it (default 2).")
+@click.option("--deepen", multiple=True, metavar="NAME",
+              help="Net2Deeper: insert an identity layer after NAME.")
+@click.option("--kernel", multiple=True, type=int, metavar="K",
+              help="Kernel (odd) of the --deepen before it (default 3).")
+@click.option("--skip-add", multiple=True, metavar="SRC:DST",
+              help="Add a zero-initialised residual SRC -> DST.")
+@click.option("--skip-concat", multiple=True, metavar="SRC:DST", help="Concatenate a skip SRC -> DST.")
+@click.option("--widen-kernel", multiple=True, metavar="NAME", help="Grow a Conv kernel k -> k+2.")
+@click.option("--apply", "apply", multiple=True, metavar="PASS:SITE",
+              help="Apply any registered pass (plugins too) at SITE, as `--list-sites` prints it.")
+@click.option("--split", type=click.Choice(["equal", "random"]), default="equal", show_default=True,
+              help="How widened channels share their outgoing weights.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed for the morphisms' random choices.")
+@click.option("-o", "--output", metavar="OUT.onnx", default=None,
+              help="Output file [default: MODEL.morphed.onnx].")
+@click.option("--check", is_flag=True, help="Compare both models in onnxruntime; exit 1 over tolerance.")
+@click.option("--list-sites", is_flag=True, help="Print every applicable site of every pass; write nothing.")
+@click.option("--plugin", multiple=True, metavar="MODULE", help="Import MODULE to register more passes.")
+@click.pass_context
+def morph(ctx, model, widen, width, factor, deepen, kernel, skip_add, skip_concat, widen_kernel, apply,
+          split, seed, output, check, list_sites, plugin):
+    """Apply network morphisms to MODEL.onnx and write the result.
+
+    The morph flags apply in the order given. NAME is a node name or the name of its output value
+    (`nashir show MODEL` lists both). Example:
+
+        nashir morph net.onnx --widen conv2 --factor 2 --deepen relu3 --kernel 5 --check
+    """
+    import numpy as np
+
+    from nashir.backends.onnx import load, save
+    from nashir.errors import GraphError, NotApplicable, PassError, VerifyError
+    from nashir.passes import available_passes, check_preservation, get_pass, load_plugin
+
+    for mod in plugin:
+        load_plugin(mod)
+    values = {"widen": widen, "width": width, "factor": factor, "deepen": deepen, "kernel": kernel,
+              "skip_add": skip_add, "skip_concat": skip_concat, "widen_kernel": widen_kernel, "apply": apply}
+    steps = ordered_steps(ctx.meta.get("nashir.order", []), values)
+    if not steps and not list_sites:
+        raise MorphUsageError(
+            "nothing to do: give a morph flag (--widen, --deepen, --skip-add, --skip-concat, --widen-kernel, "
+            "--apply) or --list-sites"
+        )
+    out = Path(output) if output else _default_output(model)
+    if not list_sites:
+        if _same_file(out, Path(model)) or os.path.abspath(out) == os.path.abspath(model):
+            raise MorphUsageError(
+                f"-o {str(out)!r} is the input model; inputs are never overwritten, pick another")
+        if not out.parent.is_dir():
+            raise MorphUsageError(
+                f"-o {str(out)!r}: folder {str(out.parent)!r} does not exist; create it first")
+    graph = load(model)
+    original = graph.clone() if check else None
+    rng = np.random.default_rng(seed)
+    done: list[str] = []
+    for st in steps:
+        what = f"{st['flag']} {st['target']}"
+        opts = dict(st["options"])
+        if st["pass"] == "net2wider":
+            if "width" not in opts and "factor" not in opts:
+                opts["factor"] = 2.0
+            opts["split"] = split
+        if st["pass"] == "net2deeper":
+            opts.setdefault("kernel", 3)
+        try:
+            p = get_pass(st["pass"], **opts)
+        except PassError as e:
+            raise MorphUsageError(f"{what}: {e}") from None
+        try:
+            site = p.parse_site(graph, st["target"])
+        except (GraphError, NotApplicable) as e:
+            raise MorphUsageError(f"{what}: {e}") from None
+        reason = p.check(graph, site)
+        if reason is not None:
+            raise NotApplicable(f"{what}: {p.name} does not apply at {site}: {reason}")
+        res = p.apply(graph, site, rng)
+        try:
+            graph.verify()
+        except VerifyError as e:
+            before = ", ".join(done) or "none"
+            raise PassError(
+                f"{what}: {p.name} left a graph that does not verify (before it: {before}):\n{e}") from e
+        done.append(f"{p.name}@{site}")
+        click.echo(f"{p.name} at {site}: {_describe(res.info)}")
+    if list_sites:
+        for name in available_passes():
+            p = get_pass(name)
+            for s in p.sites(graph):
+                click.echo(f"{name}\t{s}")
+        if steps:
+            click.echo("(sites of the morphed model; nothing was written)", err=True)
+        return
+    if check:
+        rep = check_preservation(original, graph, n=8, seed=seed, runtimes=["onnxruntime"])
+        click.echo(f"check: max |diff| = {rep.max_abs:.3g} (tolerance {rep.tolerance:.3g}, onnxruntime)")
+        if not rep.ok:
+            raise PreservationFailed(
+                f"the morphed model differs from {model!r} by {rep.max_abs:.3g} > tolerance "
+                f"{rep.tolerance:.3g}; "
+                "nothing was written"
+            )
+    save(graph, out)
+    click.echo(f"wrote {out} ({graph.param_count():,} parameters, {graph.mac_count():,} MACs per sample)")
+
+
+def _describe(info: dict) -> str:
+    keys = ("from", "to", "producers", "kernel", "relu", "nodes", "channels", "pooling", "split")
+    parts = [f"{k}={info[k]}" for k in keys if k in info and info[k] not in (None, [], "")]
+    return ", ".join(parts) if parts else "done"
+
+
+@click.command("passes")
+@click.option("--plugin", multiple=True, metavar="MODULE", help="Import MODULE first to register its passes.")
+def passes_cmd(plugin):
+    """List the registered morphism passes (built-in, entry points, plugins)."""
+    from nashir.passes import available_passes, get_pass, load_plugin, pass_source
+    from nashir.passes.base import PLUGIN_ERRORS
+
+    for mod in plugin:
+        load_plugin(mod)
+    names = available_passes()
+    width = max(len(n) for n in names)
+    for n in names:
+        p = get_pass(n)
+        kind = "exact" if p.exact else "approx"
+        click.echo(f"{n.ljust(width)}  {kind:6}  {p.description}  [{pass_source(n)}]")
+    for ep, err in sorted(PLUGIN_ERRORS.items()):
+        click.echo(f"warning: entry point {ep!r} of group nashir.passes failed to load: {err}", err=True)
+
+
+__all__ = ["morph", "passes_cmd", "ordered_steps", "MorphUsageError", "PreservationFailed"]

@@ -1,0 +1,221 @@
+"""``nashir morph`` and ``nashir passes``: results, flag order, listing, and bad input (exit 2, the
+input untouched, nothing written)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+
+import numpy as np
+import pytest
+from nashir.passes import base as B
+from nashir.passes import check_preservation
+from test_passes_nets import plain_net
+
+import nashir
+from nashir.cli import main
+
+
+@pytest.fixture
+def model(tmp_path):
+    p = tmp_path / "m.onnx"
+    nashir.save(plain_net(seed=1), p)
+    return p
+
+
+def digest(p):
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def listing(folder):
+    return sorted(os.listdir(folder))
+
+
+def run(args, capsys):
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_morph_writes_a_preserving_model(model, capsys):
+    before = digest(model)
+    code, out, err = run(["morph", model, "--widen", "c2", "--width", "9", "--deepen", "r1", "--kernel", "5",
+                          "--skip-add", "r1:r3", "--skip-concat", "r1:r2", "--widen-kernel", "c3",
+                          "--split", "random", "--check"], capsys)
+    assert code == 0, err
+    assert digest(model) == before
+    dst = model.with_name("m.morphed.onnx")
+    assert dst.exists() and f"wrote {dst}" in out
+    assert "check: max |diff| =" in out
+    a, b = nashir.load(model), nashir.load(dst)
+    assert b.value("c2").shape[1] == 9 and b.node("c3").attrs["kernel_shape"] == [5, 5]
+    assert check_preservation(a, b).ok
+
+
+def test_flags_apply_in_the_order_given(model, tmp_path, capsys):
+    out1 = tmp_path / "a.onnx"
+    args = ["morph", model, "--deepen", "r1", "--widen", "conv_0", "--width", "7", "-o", out1]
+    code, out, err = run(args, capsys)
+    assert code == 0, err
+    assert out.index("net2deeper") < out.index("net2wider")
+    assert nashir.load(out1).value("conv_0").shape[1] == 7
+    # the other way round, conv_0 does not exist yet when --widen runs
+    args = ["morph", model, "--widen", "conv_0", "--deepen", "r1", "-o", tmp_path / "b.onnx"]
+    code, out, err = run(args, capsys)
+    assert code == 2 and "--widen conv_0" in err
+    assert not (tmp_path / "b.onnx").exists()
+
+
+def test_width_and_factor_belong_to_the_widen_before_them(model, tmp_path, capsys):
+    dst = tmp_path / "w.onnx"
+    code, _, err = run(["morph", model, "--widen", "c1", "--width", "8", "--widen", "c2", "--factor", "1.5",
+                        "--widen", "c3", "-o", dst], capsys)
+    assert code == 0, err
+    g = nashir.load(dst)
+    assert [g.value(n).shape[1] for n in ("c1", "c2", "c3")] == [8, 9, 12]  # c3: default factor 2
+
+
+def test_names_may_be_output_values(tmp_path, capsys):
+    from nashir import GraphBuilder
+
+    b = GraphBuilder("n", (3, 5, 5), seed=0)
+    w = b.graph.add_const(np.ones((2, 3, 3, 3), np.float32), "w")
+    h = b.graph.add_node("Conv", [b.input, w], {"pads": [1, 1, 1, 1]}, name="convnode",
+                         outputs=["feat"]).output
+    g = b.build(b.gemm(b.flatten(b.relu(h)), 2))
+    p = tmp_path / "n.onnx"
+    nashir.save(g, p)
+    code, _, err = run(["morph", p, "--widen", "feat", "--width", "4"], capsys)
+    assert code == 0, err
+    assert nashir.load(tmp_path / "n.morphed.onnx").value("feat").shape[1] == 4
+
+
+def test_list_sites_writes_nothing(model, capsys):
+    files = listing(model.parent)
+    code, out, _ = run(["morph", model, "--list-sites"], capsys)
+    assert code == 0
+    lines = out.splitlines()
+    assert "net2wider\tc2" in lines and "add-skip\tr1->r3" in lines and "widen-kernel\tc1" in lines
+    assert "net2deeper\tr2" in lines
+    assert listing(model.parent) == files
+
+
+def test_passes_lists_builtins(capsys):
+    code, out, _ = run(["passes"], capsys)
+    assert code == 0
+    for name in ("net2wider", "net2deeper", "add-skip", "concat-skip", "widen-kernel"):
+        assert any(line.startswith(name) and "exact" in line for line in out.splitlines())
+
+
+@pytest.fixture
+def plugin_dir(tmp_path, monkeypatch):
+    saved, src = dict(B._REGISTRY), dict(B._SOURCES)
+    (tmp_path / "nashir_cli_plugin.py").write_text(
+        "import numpy as np\n"
+        "from nashir.passes import PassResult, NodeSite, register_pass\n"
+        "from nashir.passes.widen_kernel import WidenKernel\n"
+        "@register_pass\n"
+        "class Perturb(WidenKernel):\n"
+        "    name = 'perturb-test'\n"
+        "    exact = False\n"
+        "    description = 'scales a conv kernel (not exact)'\n"
+        "    def rewrite(self, graph, site, rng):\n"
+        "        w = graph.node(site.node).inputs[1]\n"
+        "        graph.set_const(w, w.const * 1.5)\n"
+        "        return PassResult(graph, True, {})\n"
+    )
+    (tmp_path / "nashir_cli_broken.py").write_text("raise RuntimeError('broken on purpose')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    sys.modules.pop("nashir_cli_plugin", None)
+    B._REGISTRY.clear()
+    B._REGISTRY.update(saved)
+    B._SOURCES.clear()
+    B._SOURCES.update(src)
+
+
+def test_passes_lists_plugins(plugin_dir, capsys):
+    code, out, _ = run(["passes", "--plugin", "nashir_cli_plugin"], capsys)
+    assert code == 0
+    line = next(ln for ln in out.splitlines() if ln.startswith("perturb-test"))
+    assert "approx" in line and "nashir_cli_plugin" in line
+
+
+def test_check_failure_exits_1_and_writes_nothing(model, plugin_dir, capsys):
+    before, files = digest(model), listing(model.parent)
+    code, out, err = run(["morph", model, "--plugin", "nashir_cli_plugin", "--apply", "perturb-test:c2",
+                          "--check"], capsys)
+    assert code == 1
+    assert "differs" in err and "nothing was written" in err and "Traceback" not in err
+    assert digest(model) == before and listing(model.parent) == files
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--widen", "c9"], ["--widen c9", "no node or output value named 'c9'", "did you mean", "'c1'"]),
+    (["--widen", "fc"], ["--widen fc", "net2wider does not apply", "'fc' is a graph output"]),
+    (["--widen", "r1"], ["only Conv and Gemm"]),
+    (["--widen", "c2", "--width", "6"], ["new width 6 is not larger than the current 6 channels of 'c2'"]),
+    (["--widen", "c2", "--width", "3"], ["not larger"]),
+    (["--skip-add", "r2:r1"], ["--skip-add r2:r1", "'r2' is not an ancestor of 'r1'"]),
+    (["--skip-concat", "r3:r1"], ["not an ancestor"]),
+    (["--skip-add", "r1:x9"], ["'x9'"]),
+    (["--deepen", "r1", "--kernel", "4"], ["--deepen r1", "odd"]),
+    (["--width", "8", "--widen", "c1"], ["--width 8 must follow the --widen NAME"]),
+    (["--widen", "c1", "--width", "8", "--factor", "2"], ["either --width or --factor"]),
+    (["--apply", "net2deeper"], ["expected PASS:SITE"]),
+    (["--apply", "nope:c1"], ["no pass named 'nope'"]),
+    (["--plugin", "nashir_no_such_mod", "--widen", "c1"], ["plugin module 'nashir_no_such_mod'"]),
+    ([], ["nothing to do"]),
+])
+def test_bad_input_exits_2_untouched_nothing_written(model, capsys, args, message):
+    before, files = digest(model), listing(model.parent)
+    code, out, err = run(["morph", model, *args], capsys)
+    assert code == 2, (out, err)
+    assert err.startswith("error: ") and "Traceback" not in err
+    for m in message:
+        assert m in err
+    assert digest(model) == before
+    assert listing(model.parent) == files
+
+
+def test_spatial_sizes_no_pooling_can_match(tmp_path, capsys):
+    from nashir import GraphBuilder
+
+    b = GraphBuilder("nm", (3, 6, 6), seed=0)
+    r1 = b.relu(b.conv(b.input, 3, name="c1"), name="r1")
+    r2 = b.relu(b.conv(r1, 3, pads=0, name="c2"), name="r2")  # 6 -> 4
+    p = tmp_path / "nm.onnx"
+    nashir.save(b.build(b.gemm(b.flatten(b.conv(r2, 2)), 2)), p)
+    before, files = digest(p), listing(tmp_path)
+    for flag in ("--skip-add", "--skip-concat"):
+        code, _, err = run(["morph", p, flag, "r1:r2"], capsys)
+        assert code == 2 and "differ by no factor that pooling" in err and "[6, 6]" in err
+    assert digest(p) == before and listing(tmp_path) == files
+
+
+def test_plugin_that_fails_to_import(model, plugin_dir, capsys):
+    before, files = digest(model), listing(model.parent)
+    code, _, err = run(["morph", model, "--plugin", "nashir_cli_broken", "--widen", "c1"], capsys)
+    assert code == 2 and "plugin module 'nashir_cli_broken' could not be imported" in err
+    assert "broken on purpose" in err
+    assert digest(model) == before and listing(model.parent) == files
+    code, _, err = run(["passes", "--plugin", "nashir_cli_broken"], capsys)
+    assert code == 2
+
+
+def test_output_must_not_be_the_input(model, capsys):
+    before = digest(model)
+    code, _, err = run(["morph", model, "--widen", "c1", "-o", model], capsys)
+    assert code == 2 and "is the input model" in err
+    assert digest(model) == before
+
+
+def test_missing_model_and_missing_output_folder(tmp_path, model, capsys):
+    code, _, err = run(["morph", tmp_path / "nope.onnx", "--widen", "c1"], capsys)
+    assert code == 2 and "nope.onnx" in err
+    code, _, err = run(["morph", model, "--widen", "c1", "-o", tmp_path / "no" / "x.onnx"], capsys)
+    assert code == 2 and "does not exist" in err
