@@ -224,7 +224,7 @@ class Graph:
 
     @staticmethod
     def _unknown(kind: str, name: str, candidates: list[str]) -> str:
-        close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.4)
+        close = difflib.get_close_matches(name, list(dict.fromkeys(candidates)), n=5, cutoff=0.4)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         return f"no {kind} named {name!r} in the graph{hint} (`nashir show MODEL` lists nodes and values)"
 
