@@ -547,3 +547,38 @@ def test_opset_below_7_is_upgraded():
     assert g.node("bn").attrs["epsilon"] == 1e-3
     x = RNG.normal(size=(2, 3, 8, 8)).astype(np.float32)
     assert_close(run(g, x)[0], run(model(7), x)[0])
+
+
+@pytest.mark.parametrize("opset", [9, 13, 18])
+def test_zero_pad_folded_into_convs(opset, tmp_path):
+    pads = [0, 0, 1, 2, 0, 0, 2, 0]
+    if opset < 11:
+        pad = helper.make_node("Pad", ["x"], ["p"], name="pad", pads=pads)
+        inits = []
+    elif opset < 18:
+        pad = helper.make_node("Pad", ["x", "pads"], ["p"], name="pad")
+        inits = [init("pads", np.array(pads, np.int64))]
+    else:  # only the spatial axes, through the axes input
+        pad = helper.make_node("Pad", ["x", "pads", "", "axes"], ["p"], name="pad")
+        inits = [init("pads", np.array([1, 2, 2, 0], np.int64)), init("axes", np.array([2, 3], np.int64))]
+    nodes = [
+        pad,
+        helper.make_node("Conv", ["p", "w"], ["a"], name="c1", pads=[1, 0, 0, 1]),
+        helper.make_node("Conv", ["p", "w"], ["b"], name="c2", strides=[2, 2]),
+        helper.make_node("Relu", ["a"], ["y"], name="r"),
+        helper.make_node("Relu", ["b"], ["z"], name="r2"),
+    ]
+    m = make_model(nodes, [init("w", W(2, 3, 3, 3)), *inits], out=["y", "z"], opset=opset)
+    g = roundtrip(m, tmp_path)
+    assert ops_of(g) == ["Conv", "Conv", "Relu", "Relu"]
+    assert g.node("c1").attrs["pads"] == [2, 2, 2, 1] and g.node("c2").attrs["pads"] == [1, 2, 2, 0]
+
+
+def test_pad_that_cannot_be_folded_is_unsupported(tmp_path):
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"], name="pad", mode="reflect"),
+             helper.make_node("Conv", ["p", "w"], ["y"], name="c")]
+    m = make_model(nodes, [init("w", W(2, 3, 3, 3)), init("pads", np.array([0, 0, 1, 1, 0, 0, 1, 1]))])
+    from nashir.errors import UnsupportedOpError
+
+    with pytest.raises(UnsupportedOpError, match=r"Pad: pad \(mode='reflect'"):
+        nashir.load(m)

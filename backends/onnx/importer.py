@@ -23,7 +23,8 @@ What the importer normalises, so that the IR has one form per meaning (ONNX opse
   opset 7 are first upgraded with ``onnx.version_converter``;
 * ``Sum`` becomes ``Add`` (a chain for more than two inputs); ``Sub``/``Div`` by a constant become
   ``Add``/``Mul`` by its negation/reciprocal; ``ReduceMean`` over all spatial axes with
-  ``keepdims=1`` becomes ``GlobalAveragePool``.
+  ``keepdims=1`` becomes ``GlobalAveragePool``; a zero ``Pad`` of the spatial axes that only
+  Convs read is added to their ``pads``.
 
 The batch dimension of every data input becomes the symbol ``"N"``; a model exported at batch 1
 runs at any batch once saved again. Node and value names are kept; an unnamed node gets a
@@ -61,7 +62,7 @@ _SHAPE_MOVERS = {"Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Cast", "I
 _DATA_OPS = {
     "Conv", "BatchNormalization", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Identity", "Dropout", "Clip",
     "LRN", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Transpose", "Softmax",
-    "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Sum", "Concat", "ReduceMean", "Squeeze",
+    "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Sum", "Concat", "ReduceMean", "Squeeze", "Pad",
 }
 
 
@@ -209,6 +210,7 @@ class _Importer:
         self.raw_const_values: dict[str, Value] = {}
         self.fixed_batch: int | None = None
         self.skip: set[int] = set()                # node indices consumed by a fusion
+        self.pending_pad: dict[str, tuple] = {}    # Pad output -> (input Value, spatial pads) for a Conv
         self.g = Graph(model.graph.name or "graph")
 
     # ---------------------------------------------------------------- errors
@@ -738,8 +740,41 @@ class _Importer:
             ends.append(big if mode == "SAME_UPPER" else small)
         return begins + ends
 
-    def _op_Conv(self, node, a):
+    def _op_Pad(self, node, a):
+        """Zero padding of the spatial axes, read only by Convs: folded into their ``pads``."""
         x = self.data(node, 0)
+        r = len(x.shape)
+        mode = a.get("mode", "constant")
+        if self.opset < 11:
+            pads, value, axes = list(a.get("pads", [])), float(a.get("value", 0.0)), None
+        else:
+            pads = [int(v) for v in self.param(node, 1, "pads").reshape(-1)]
+            cv = self.param(node, 2, "constant_value", required=False)
+            value = 0.0 if cv is None else float(np.asarray(cv).reshape(-1)[0])
+            ax = self.param(node, 3, "axes", required=False) if self.opset >= 18 else None
+            axes = None if ax is None else [int(v) + r if int(v) < 0 else int(v) for v in ax.reshape(-1)]
+        if axes is not None:
+            full = [0] * (2 * r)
+            for k, ax_ in enumerate(axes):
+                full[ax_], full[ax_ + r] = pads[k], pads[k + len(axes)]
+            pads = full
+        users = [self.onnx_graph.node[i] for i in self.consumers.get(node.output[0], [])]
+        convs = all(u.op_type == "Conv" and u.input[0] == node.output[0]
+                    and _attrs(u).get("auto_pad", "NOTSET") == "NOTSET" for u in users)
+        if (mode != "constant" or value != 0.0 or len(pads) != 2 * r or any(p < 0 for p in pads)
+                or any(pads[i] or pads[i + r] for i in (0, 1)) or not users or not convs
+                or node.output[0] in self.graph_outputs):
+            raise self.unsupported(
+                node, f"{_node_label(node)} (mode={mode!r}, value={value}, pads={pads}; only zero padding of "
+                      "the spatial axes that feeds Convs is supported, and it is folded into their pads)")
+        self.pending_pad[node.output[0]] = (x, pads[2:r] + pads[r + 2:])
+
+    def _op_Conv(self, node, a):
+        extra = None
+        if node.input[0] in self.pending_pad:
+            x, extra = self.pending_pad[node.input[0]]
+        else:
+            x = self.data(node, 0)
         w = self.param(node, 1, "weight W")
         b = self.param(node, 2, "bias B", required=False)
         nsp = w.ndim - 2
@@ -747,6 +782,8 @@ class _Importer:
         strides = list(a.get("strides", [1] * nsp))
         dil = list(a.get("dilations", [1] * nsp))
         pads = self._resolve_auto_pad(node, a, x, kernel, strides, dil)
+        if extra is not None:
+            pads = [p + q for p, q in zip(pads, extra)]
         ins = [x, self.const_value(node.input[1])]
         if b is not None:
             ins.append(self.const_value(node.input[2]))
