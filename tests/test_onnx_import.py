@@ -582,3 +582,15 @@ def test_pad_that_cannot_be_folded_is_unsupported(tmp_path):
 
     with pytest.raises(UnsupportedOpError, match=r"Pad: pad \(mode='reflect'"):
         nashir.load(m)
+
+
+def test_gemm_trans_a(tmp_path):
+    # the batch reaches the Gemm in dimension 1 (after a Transpose); transA=1 brings it back first
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["xt"], name="t", perm=[1, 0]),
+        helper.make_node("Gemm", ["xt", "B", "C"], ["y"], name="fc", transA=1, transB=1, alpha=0.5),
+    ]
+    m = make_model(nodes, [init("B", W(5, 12)), init("C", W(5))], x_shape=("N", 12))
+    g = roundtrip(m, tmp_path, x_shape=(3, 12), batches=(6,))
+    assert ops_of(g) == ["Transpose", "Transpose", "Gemm"]
+    assert g.node("fc").attrs == {"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 1}

@@ -948,12 +948,12 @@ class _Importer:
         return self.emit("Reshape", [h, t2], {}, self.g.unique_node_name(f"{name}_unflatten"), node.output[0])
 
     def _op_Gemm(self, node, a):
-        if a.get("transA", 0):
-            raise self.unsupported(
-                node, f"{_node_label(node)} (transA=1: the data input is transposed; nashir keeps the batch "
-                          "first)")
         x = self.data(node, 0)
         b = self.param(node, 1, "weight B")
+        name = self._name(node, "Gemm")
+        if a.get("transA", 0):   # Y = A^T W^T + C: an explicit Transpose, then the IR's Gemm
+            x = self.emit("Transpose", [x], {"perm": [1, 0]}, self.g.unique_node_name(f"{name}_transA"),
+                          f"{node.output[0]}_transA")
         c = self.param(node, 2, "bias C", required=False)
         alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
         w_name = node.input[1]
@@ -962,8 +962,8 @@ class _Importer:
         else:
             arr = b if a.get("transB", 0) else b.T
             w = self.new_const(arr * np.float32(alpha) if alpha != 1.0 else arr, w_name)
-        return self._gemm(node, x, w, c, beta, node.input[2] if len(node.input) > 2 else "", node.output[0],
-                          self._name(node, "Gemm"))
+        c_name = node.input[2] if len(node.input) > 2 else ""
+        return self._gemm(node, x, w, c, beta, c_name, node.output[0], name)
 
     def _gemm(self, node, x, w: Value, c, beta, c_name, out, name):
         out_f = w.shape[0]
