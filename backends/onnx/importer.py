@@ -106,7 +106,7 @@ def load(path_or_model, input_shape=None) -> Graph:
     except OSError as e:
         raise ImportErrorONNX(f"cannot read {str(path)!r}: {e.strerror or e}") from None
     model = _parse(data, f"file {str(path)!r}")
-    return _Importer(model, input_shape, path.parent, f"{path.name}").run()
+    return _Importer(model, input_shape, path.parent, str(path)).run()
 
 
 def _parse(data: bytes, label: str) -> onnx.ModelProto:
