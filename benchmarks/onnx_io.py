@@ -35,7 +35,6 @@ def resnet50(seed: int = 0) -> nashir.Graph:
     b = GraphBuilder("resnet50", input_shape=(3, 224, 224), seed=seed)
     h = b.relu(b.bn(b.conv(b.input, 64, 7, stride=2, pads=3, bias=False)))
     h = b.maxpool(h, 3, 2, pads=1)
-    cin = 64
     for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
         for i in range(blocks):
             s = stride if i == 0 else 1
@@ -47,7 +46,6 @@ def resnet50(seed: int = 0) -> nashir.Graph:
             else:
                 short = h
             h = b.relu(b.add(y, short))
-            cin = width * 4
     h = b.flatten(b.global_avgpool(h))
     return b.build(b.gemm(h, 1000))
 
