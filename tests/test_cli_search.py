@@ -70,6 +70,7 @@ def test_the_tiny_run_folder(run_dir):
         (["--widths", "8,x,9"], ["--widths takes comma-separated integers"]),
         (["--widths", "8,9"], ["--widths (widths) must be three positive integers"]),
         (["--dataset", "imagenet-1k"], ["unknown data set 'imagenet-1k'", "digits"]),
+        (["--passes", "net2widr"], ["--passes: no pass named 'net2widr'", "net2wider"]),
         (["--resume", "--force", "--out", "x"], ["contradict"]),
         (["--resume"], ["--resume needs --out"]),
     ],

@@ -183,7 +183,10 @@ def build_config(ctx: click.Context, params: dict, stored: dict | None = None):
     "--widths", default=None, help="Channels of the start network's three convolutions, e.g. 16,32,64."
 )
 @click.option(
-    "--passes", default=None, help="Morphism passes to sample from, comma-separated (default: all)."
+    "--passes",
+    default=None,
+    help="Morphism passes to sample from, comma-separated "
+    "(default: net2deeper, net2wider, add-skip, concat-skip).",
 )
 @click.option("--no-sgdr", is_flag=True, help="Baseline: constant learning rate --lr-start instead of SGDR.")
 @click.option(

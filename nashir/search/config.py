@@ -88,7 +88,8 @@ class SearchConfig:
         widths: Channels of the start network's three convolutions (None = by data set: 64/128/256
             for 32x32 images, 16/32/64 for smaller ones).
         threads: ``torch.set_num_threads`` for training (None = torch's default).
-        passes: Names of the morphism passes to sample from (None = every registered exact pass).
+        passes: Names of the morphism passes to sample from (None = ``nashir.passes.SEARCH_PASSES``:
+            net2deeper, net2wider, add-skip, concat-skip).
         momentum: SGD momentum (the paper: 0.9).
         weight_decay: L2 weight decay (the paper: 5e-4).
         preset: Name of the preset the values came from (informational).

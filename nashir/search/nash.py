@@ -313,6 +313,14 @@ def nash(
     if not isinstance(config, SearchConfig):
         raise SearchError(f"config must be a SearchConfig, got {type(config).__name__}")
     spec = DataSpec(config.dataset, config.data_dir, seed=config.seed)
+    if config.passes is not None:
+        from nashir.passes import get_pass
+
+        for name in config.passes:
+            try:
+                get_pass(name)
+            except NashirError as e:
+                raise SearchError(f"--passes: {e}") from None
     tmp_holder = None
     if run_dir is None:
         if resume or force:

@@ -149,6 +149,15 @@ def _save_fig(fig, path: Path) -> None:
     atomic_write(path, buf.getvalue())
 
 
+def _integer_axes(ax, x: bool = False, y: bool = False) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    if x:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if y:
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _plot_val_acc(run: dict[str, Any], plt) -> Any:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     styles = {
@@ -173,6 +182,7 @@ def _plot_val_acc(run: dict[str, Any], plt) -> Any:
     ax.set_xlabel("step")
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title("NASH: every candidate per step")
+    _integer_axes(ax, x=True)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     return fig
@@ -212,6 +222,18 @@ def _plot_lineage(run: dict[str, Any], plt) -> Any:
             edgecolors="k",
         )
         fig.colorbar(sc, ax=ax, label="validation accuracy (%)")
+    fin = [c for c in cands if c["kind"] == "final" and c["status"] == "ok"]
+    if fin:
+        ax.scatter(
+            [pos[c["id"]][0] for c in fin],
+            [pos[c["id"]][1] for c in fin],
+            marker="*",
+            s=220,
+            color="gold",
+            edgecolors="k",
+            zorder=4,
+            label="final model (train + val)",
+        )
     bad = [c for c in cands if c["status"] != "ok"]
     if bad:
         ax.scatter(
@@ -223,13 +245,15 @@ def _plot_lineage(run: dict[str, Any], plt) -> Any:
             zorder=3,
             label="diverged / failed / pending",
         )
-        ax.legend(fontsize=8)
+    if fin or bad:
+        ax.legend(fontsize=8, loc="upper left")
     for c in cands:
         if c["id"] in winners:
             ax.annotate(c["id"], pos[c["id"]], textcoords="offset points", xytext=(4, 6), fontsize=7)
     ax.set_xlabel("step (0 = start network, last = final training)")
     ax.set_ylabel("candidate index in the step")
     ax.set_title("lineage: edges to the parent, winners' path thick")
+    _integer_axes(ax, x=True, y=True)
     ax.grid(alpha=0.2)
     return fig
 
