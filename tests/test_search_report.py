@@ -14,7 +14,10 @@ def _fake_run(folder):
     led.add_candidate("init", 0, 0, "init", None, [], 100, 1000)
     led.finish_candidate("init", "ok", val_acc=0.50, train_seconds=1.0)
     m1 = [{"pass": "net2wider", "site": "conv1", "info": {}}]
-    m2 = [{"pass": "add-skip", "site": "relu1->relu2", "info": {}}, {"pass": "net2deeper", "site": "pool1", "info": {}}]
+    m2 = [
+        {"pass": "add-skip", "site": "relu1->relu2", "info": {}},
+        {"pass": "net2deeper", "site": "pool1", "info": {}},
+    ]
     led.add_candidate("s1-c1", 1, 1, "child", "init", m1, 150, 1500)
     led.finish_candidate("s1-c1", "ok", val_acc=0.70, train_seconds=2.0)
     led.add_candidate("s1-c2", 1, 2, "child", "init", m2, 180, 1900)
@@ -29,8 +32,18 @@ def _fake_run(folder):
     led.finish_step(2, "s2-c2", 0.72)
     led.add_candidate("final", 3, 0, "final", "s2-c2", [], 150, 1500)
     led.finish_candidate("final", "ok", test_acc=0.75, train_seconds=3.0, metrics={"test_acc": 0.75})
-    led.set_meta("final", {"best": "s2-c2", "test_acc": 0.75, "test_acc_onnx": 0.75, "params": 150, "macs": 1500,
-                           "mean": [1.0], "std": [2.0]})
+    led.set_meta(
+        "final",
+        {
+            "best": "s2-c2",
+            "test_acc": 0.75,
+            "test_acc_onnx": 0.75,
+            "params": 150,
+            "macs": 1500,
+            "mean": [1.0],
+            "std": [2.0],
+        },
+    )
     led.set_meta("state", "done")
     led.close()
 
@@ -38,7 +51,11 @@ def _fake_run(folder):
 def test_format_morphisms():
     assert format_morphisms([]) == "-"
     assert format_morphisms(None) == "-"
-    ms = [{"pass": "net2wider", "site": "conv1"}, {"pass": "add-skip", "site": "a->b"}, {"pass": "x", "site": ""}]
+    ms = [
+        {"pass": "net2wider", "site": "conv1"},
+        {"pass": "add-skip", "site": "a->b"},
+        {"pass": "x", "site": ""},
+    ]
     assert format_morphisms(ms) == "net2wider@conv1, add-skip@a->b, x"
     assert format_morphisms(ms, limit=1) == "net2wider@conv1, +2 more"
 
