@@ -32,6 +32,7 @@ idempotence condition; Chen, Goodfellow & Shlens 2016, arXiv 1511.05641, section
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -267,23 +268,23 @@ def _trace_back(value: Value, offset: int, block: int, n: int) -> list[Node]:
 def _sweep(graph: Graph, pos: dict[int, int], seeds: list[Value], n: int, couple: bool,
            producers: list[Node]) -> tuple[dict[int, set], list[PerChannelArray], list[Absorber]]:
     segs: dict[int, set[tuple[int, int]]] = {id(v): {(0, 1)} for v in seeds}
-    heap: list[tuple[int, int]] = []
+    heap: list[int] = []
     queued: set[int] = set()
-    node_at = {i: nd for nd, i in ((nd, pos[id(nd)]) for nd in graph.nodes)}
+    nodes = graph.nodes
+    pending: list[Node] = []  # coupled producers found in this sweep
 
     def push(v: Value) -> None:
         for u, _ in v.uses:
             if id(u) not in queued:
                 queued.add(id(u))
-                heapq.heappush(heap, (pos[id(u)], 0))
+                heapq.heappush(heap, pos[id(u)])
 
     for v in seeds:
         push(v)
     per_channel: list[PerChannelArray] = []
     absorbers: list[Absorber] = []
     while heap:
-        p, _ = heapq.heappop(heap)
-        nd = node_at[p]
+        nd = nodes[heapq.heappop(heap)]
         carried = [(i, v) for i, v in enumerate(nd.inputs) if v is not None and id(v) in segs]
         beh = _ops.get_op(nd.op_type).channel(nd)
         out: set[tuple[int, int]] | None = None
@@ -335,12 +336,14 @@ def _sweep(graph: Graph, pos: dict[int, int], seeds: list[Value], n: int, couple
             for x in nd.inputs:
                 for o, b in sorted(need - segs.get(id(x), set())):
                     for pr in _trace_back(x, o, b, n):
-                        if all(pr is not q for q in producers) and all(pr is not q for q in new):
+                        if all(pr is not q for q in producers) and all(pr is not q for q in pending):
                             new.append(pr)
-            if new:
-                raise _Restart(new)
-            if any(segs.get(id(x), set()) != need for x in nd.inputs):
+                            pending.append(pr)
+            if not new and any(segs.get(id(x), set()) != need for x in nd.inputs):
                 raise _Stop(f"the operands of {nd.name!r} (Add) cannot be made to carry the same channels")
+            # With new producers, carry on as if they were in the group already (the carried region
+            # only grows with the group, so a blocker met now is met in the final sweep too); the
+            # sweep is then repeated with them, and only a sweep that adds none is the result.
             out = need
         else:
             raise _Stop(_blocker_reason(nd, carried[0][1]))
@@ -356,6 +359,8 @@ def _sweep(graph: Graph, pos: dict[int, int], seeds: list[Value], n: int, couple
                 push(o_v)
             else:
                 segs[id(o_v)] |= out
+    if pending:
+        raise _Restart(pending)
     return segs, per_channel, absorbers
 
 
@@ -462,6 +467,29 @@ def _order(v: Value, pos: dict[int, int]) -> int:
 # ---------------------------------------------------------------------------------------------- sign
 
 
+class _Flags(Sequence):
+    """The ``nonneg`` list an op's sign rule gets: data inputs from the analysis so far, constants
+    checked only when the rule reads them (Relu's rule reads nothing, Conv's neither)."""
+
+    def __init__(self, node: Node, known: dict[int, bool], const_cache: dict[int, bool]):
+        self.node, self.known, self.cache = node, known, const_cache
+
+    def __len__(self) -> int:
+        return len(self.node.inputs)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        v = self.node.inputs[i]
+        if v is None:
+            return False
+        if v.is_const:
+            if id(v) not in self.cache:
+                self.cache[id(v)] = bool(np.all(v.const >= 0))
+            return self.cache[id(v)]
+        return self.known.get(id(v), False)
+
+
 def nonneg_values(graph: Graph) -> dict[str, bool]:
     """Which data values are known non-negative, by name.
 
@@ -470,21 +498,14 @@ def nonneg_values(graph: Graph) -> dict[str, bool]:
     their inputs are). Source: DESIGN.md section 5 (sign analysis).
     """
     known: dict[int, bool] = {}
+    consts: dict[int, bool] = {}
     out: dict[str, bool] = {}
     for v in graph.inputs:
         known[id(v)] = False
         out[v.name] = False
     for nd in graph.nodes:
-        flags = []
-        for v in nd.inputs:
-            if v is None:
-                flags.append(False)
-            elif v.is_const:
-                flags.append(bool(np.all(v.const >= 0)))
-            else:
-                flags.append(known.get(id(v), False))
         try:
-            s = bool(_ops.get_op(nd.op_type).sign(nd, flags))
+            s = bool(_ops.get_op(nd.op_type).sign(nd, _Flags(nd, known, consts)))
         except Exception:  # noqa: BLE001 - an unknown sign is "not known non-negative"
             s = False
         for o in nd.outputs:

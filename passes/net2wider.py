@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nashir.errors import GraphError, NashirError, PassError
+from nashir.errors import GraphError, NashirError, NotApplicable, PassError
 from nashir.ir import Graph, Node
 
 from .analysis import ChannelFlow, channel_flow
-from .base import Pass, PassResult, Site, register_pass
+from .base import Pass, PassResult, Site, as_rng, register_pass
 from .transforms import SPLITS, replica_split, segment_map, split_columns, take_channels, widen_mapping
 
 # fill values for *fresh* channels (no source) of per-channel arrays, by op and input index
@@ -204,17 +204,27 @@ class Net2Wider(Pass):
         except GraphError as e:
             return str(e)
 
-    def check(self, graph: Graph, site: NodeSite) -> str | None:
+    def _flow(self, graph: Graph, site: NodeSite) -> tuple[ChannelFlow | None, str | None]:
         nd = self._node(graph, site)
         if isinstance(nd, str):
-            return nd
+            return None, nd
         flow = channel_flow(graph, nd)
         if not flow.ok:
-            return flow.reason
+            return flow, flow.reason
         if self.width is not None and self.width <= flow.width:
-            return (f"the new width {self.width} is not larger than the current {flow.width} channels of "
-                    f"{nd.name!r}; give a larger width")
-        return None
+            return flow, (f"the new width {self.width} is not larger than the current {flow.width} channels "
+                          f"of {nd.name!r}; give a larger width")
+        return flow, None
+
+    def check(self, graph: Graph, site: NodeSite) -> str | None:
+        return self._flow(graph, site)[1]
+
+    def apply(self, graph: Graph, site: NodeSite, rng: np.random.Generator | int | None = None) -> PassResult:
+        """As :meth:`Pass.apply`; the channel flow is computed once for the check and the rewrite."""
+        flow, reason = self._flow(graph, site)
+        if reason is not None:
+            raise NotApplicable(f"{self.name} does not apply at {site}: {reason}")
+        return self._widen(graph, flow, as_rng(rng))
 
     def sites(self, graph: Graph) -> list[NodeSite]:
         out: list[NodeSite] = []
@@ -232,8 +242,13 @@ class Net2Wider(Pass):
         return NodeSite(graph.find_node(text).name)
 
     def rewrite(self, graph: Graph, site: NodeSite, rng: np.random.Generator) -> PassResult:
-        nd = graph.node(site.node)
-        flow = channel_flow(graph, nd)
+        flow, reason = self._flow(graph, site)
+        if reason is not None:
+            raise NotApplicable(f"{self.name} does not apply at {site}: {reason}")
+        return self._widen(graph, flow, rng)
+
+    def _widen(self, graph: Graph, flow: ChannelFlow, rng: np.random.Generator) -> PassResult:
+        nd = flow.producers[0]
         n = flow.width
         q = self.target_width(n, rng)
         g = widen_mapping(n, q, rng)

@@ -132,12 +132,17 @@ def split_columns(w: np.ndarray, idx: np.ndarray, weight: np.ndarray, axis: int 
     absorber's output is unchanged (Net2Net section 2.2, eq. (2)).
     """
     out = take_channels(w, idx, axis, fill=0.0)
-    shape = [1] * w.ndim
-    shape[axis] = len(idx)
-    factor = np.asarray(weight, dtype=np.float64).reshape(shape)
-    if np.all(factor == 1.0):
+    weight = np.asarray(weight, dtype=np.float64)
+    if np.all(weight == 1.0):
         return out
-    return (out * factor).astype(w.dtype)
+    axis = axis % w.ndim
+    lead = int(np.prod(out.shape[:axis], dtype=np.int64))
+    trail = int(np.prod(out.shape[axis + 1:], dtype=np.int64))
+    # scale in place as a 2-D (lead, columns * trail) view: a long inner loop is much faster than
+    # broadcasting over the small kernel axes
+    flat = out.reshape(lead, len(idx) * trail)
+    flat *= np.repeat(weight.astype(out.dtype), trail)[None, :]
+    return out
 
 
 def identity_conv_weight(channels: int, kernel: int | Sequence[int], dtype=np.float32) -> np.ndarray:
@@ -174,8 +179,9 @@ def pad_kernel(w: np.ndarray, by: int = 1) -> np.ndarray:
     Together with pads increased by ``by * dilation`` per side the convolution is unchanged
     (Wei et al., "Network Morphism", ICML 2016, arXiv 1603.01670, section 3.4, kernel size morphing).
     """
-    pad = [(0, 0), (0, 0)] + [(by, by)] * (w.ndim - 2)
-    return np.pad(w, pad)
+    out = np.zeros(w.shape[:2] + tuple(d + 2 * by for d in w.shape[2:]), dtype=w.dtype)
+    out[(slice(None), slice(None)) + (slice(by, -by or None),) * (w.ndim - 2)] = w
+    return out
 
 
 def pool_factor(size_in: int, size_out: int, ceil_mode: bool = False) -> int | None:
