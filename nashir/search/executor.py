@@ -15,8 +15,8 @@ Interface (every executor)::
 
 :class:`InProcessExecutor` trains the jobs one after another, in this process, lazily: a job is
 trained when the driver asks for the next result, so each result is recorded before the next
-job starts. A Ray executor (issue 7) implements the same three methods with remote tasks; the
-worker body is :func:`run_job`, a plain function of a job and a data set.
+job starts. :class:`nashir.search.ray_executor.RayExecutor` implements the same three methods
+with Ray tasks; the worker body is :func:`run_job`, a plain function of a job and a data set.
 
 The torch and ONNX backends are imported inside :func:`run_job` only: importing this module
 imports neither torch nor onnxruntime.
@@ -352,15 +352,21 @@ class InProcessExecutor(Executor):
 
 
 #: Executor names accepted by :func:`make_executor`.
-EXECUTORS = ("inprocess",)
+EXECUTORS = ("inprocess", "ray")
 
 
 def make_executor(name: str = "inprocess", **kw) -> Executor:
-    """An executor by name (``inprocess``; ``ray`` comes with issue 7).
+    """An executor by name: ``inprocess`` (:class:`InProcessExecutor`) or ``ray``
+    (:class:`nashir.search.ray_executor.RayExecutor`, imported only when asked for).
 
     Raises:
-        SearchError: Unknown name.
+        SearchError: Unknown name; ``ray`` without Ray installed (the message says
+            ``pip install 'nashir[ray]'``).
     """
     if name == "inprocess":
         return InProcessExecutor(**kw)
+    if name == "ray":
+        from nashir.search.ray_executor import RayExecutor
+
+        return RayExecutor(**kw)
     raise SearchError(f"unknown executor {name!r}; expected one of {', '.join(EXECUTORS)}")
