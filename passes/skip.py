@@ -207,16 +207,21 @@ class ConcatSkip(_Skip):
     Args:
         pool: ``"avg"`` or ``"max"``.
         channels: new channels ``m``; default ``C_a``.
+        init: ``"he"`` (default) or ``"zeros"`` for ``P``'s weights. Zeros are exact too, but
+            then ``P`` and the consumers' new weights both start at zero and never get a gradient.
     """
 
     name = "concat-skip"
     description = "concatenate conv1x1(pool(a)) to b; b's consumers get zero weights for it"
 
-    def __init__(self, pool: str = "avg", channels: int | None = None):
+    def __init__(self, pool: str = "avg", channels: int | None = None, init: str = "he"):
         super().__init__(pool)
         if channels is not None and (int(channels) != channels or channels < 1):
             raise PassError(f"concat-skip: channels must be a positive integer, got {channels!r}")
+        if init not in ("he", "zeros"):
+            raise PassError(f"concat-skip: init must be 'he' or 'zeros', got {init!r}")
         self.channels = None if channels is None else int(channels)
+        self.init = init
 
     def target_reason(self, graph: Graph, b: Value) -> str | None:
         flow = channel_flow(graph, b, couple=False)
@@ -234,7 +239,10 @@ class ConcatSkip(_Skip):
         flow = channel_flow(graph, cat.outputs[0], couple=False)
         if not flow.ok:  # pragma: no cover - check() ran the same flow from b
             raise PassError(f"concat-skip {site}: {flow.reason}")
-        w = rng.normal(0.0, np.sqrt(2.0 / ca), (m, ca)).astype(np.float32)
+        if self.init == "he":
+            w = rng.normal(0.0, np.sqrt(2.0 / ca), (m, ca)).astype(np.float32)
+        else:
+            w = np.zeros((m, ca), np.float32)
         proj = nodes[-2]  # the 1x1 Conv (or Gemm) of P
         graph.set_const(proj.inputs[1], w.reshape((m, ca, 1, 1) if len(a.shape) == 4 else (m, ca)))
         local_idx = np.concatenate([np.arange(cb), -np.ones(m, dtype=np.int64)])

@@ -126,6 +126,17 @@ def test_concat_skip_into_batchnorm_and_flatten():
     preserved(plain_net(seed=4), g3)
 
 
+def test_concat_skip_zero_init_option():
+    g = plain_net(seed=5)
+    g2, res = skip("concat-skip", g, "r1", "r3", init="zeros", channels=2)
+    conv = g2.node(res.info["nodes"][1])  # pool, conv, concat
+    assert conv.op_type == "Conv" and conv.inputs[1].const.shape == (2, 4, 1, 1)
+    assert not conv.inputs[1].const.any()
+    preserved(g, g2)
+    with pytest.raises(PassError):
+        get_pass("concat-skip", init="ones")
+
+
 def test_concat_skip_into_a_residual_sum_is_not_applicable():
     g = residual_net()
     reason = get_pass("concat-skip").check(g, SkipSite("r0", "bn_b"))
