@@ -332,15 +332,16 @@ def _sweep(graph: Graph, pos: dict[int, int], seeds: list[Value], n: int, couple
             need: set[tuple[int, int]] = set()
             for x in nd.inputs:
                 need |= segs.get(id(x), set())
-            new: list[Node] = []
             for x in nd.inputs:
                 for o, b in sorted(need - segs.get(id(x), set())):
-                    for pr in _trace_back(x, o, b, n):
+                    found = _trace_back(x, o, b, n)
+                    for pr in found:
                         if all(pr is not q for q in producers) and all(pr is not q for q in pending):
-                            new.append(pr)
                             pending.append(pr)
-            if not new and any(segs.get(id(x), set()) != need for x in nd.inputs):
-                raise _Stop(f"the operands of {nd.name!r} (Add) cannot be made to carry the same channels")
+                    if all(any(pr is q for q in producers) for pr in found):
+                        # its producers are in the group already, yet the segment did not arrive
+                        raise _Stop(f"the operands of {nd.name!r} (Add) cannot be made to carry the same "
+                                    "channels")
             # With new producers, carry on as if they were in the group already (the carried region
             # only grows with the group, so a blocker met now is met in the final sweep too); the
             # sweep is then repeated with them, and only a sweep that adds none is the result.

@@ -199,6 +199,20 @@ def test_residual_stream_couples_stem_and_block_output():
     assert [p.name for p in fa.producers] == ["a"] and _names(fa)["absorbers"] == [("b", 0, 0, 1)]
 
 
+def test_a_producer_coupled_twice_is_found_in_one_group():
+    """b feeds two sums on the same stream: the second sum must not be refused while b is only
+    pending (found at the first sum, not yet swept)."""
+    b = GraphBuilder("twice", (3, 5, 5), seed=0)
+    a = b.conv(b.input, 4, name="a")
+    c = b.conv(b.input, 4, name="b")
+    s2 = b.add(b.relu(b.add(a, c, name="s1")), c, name="s2")
+    g = _head(b, s2)
+    for start in ("a", "b"):
+        f = channel_flow(g, start)
+        assert f.ok, f.reason
+        assert sorted(p.name for p in f.producers) == ["a", "b"]
+
+
 def test_coupling_with_a_graph_input_is_not_applicable():
     b = GraphBuilder("inp", (4, 5, 5), seed=0)
     x = b.conv(b.input, 4, name="x")
