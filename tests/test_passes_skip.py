@@ -126,6 +126,21 @@ def test_concat_skip_into_batchnorm_and_flatten():
     preserved(plain_net(seed=4), g3)
 
 
+def test_concat_skip_through_a_per_channel_mul_and_a_depthwise_conv():
+    b = GraphBuilder("dw", (3, 6, 6), seed=0)
+    r1 = b.relu(b.conv(b.input, 4, name="c1"), name="r1")
+    h = b.relu(b.conv(r1, 5, name="c2"), name="r2")
+    k = b.graph.add_const(np.arange(1, 6, dtype=np.float32).reshape(5, 1, 1), "k")
+    h = b.graph.add_node("Mul", [h, k], name="mul").output
+    h = b.bn(b.conv(h, 5, group=5, name="dw"), random_stats=True)
+    g = b.build(b.gemm(b.flatten(b.conv(b.relu(h), 3, name="abs")), 2))
+    g2, _ = skip("concat-skip", g, "r1", "r2")
+    assert g2.node("dw").attrs["group"] == 9 and g2.value("k").const.shape == (9, 1, 1)
+    assert (g2.value("k").const[5:] == 1).all()  # neutral scale for the new channels
+    assert not g2.node("abs").inputs[1].const[:, 5:].any()
+    preserved(g, g2)
+
+
 def test_concat_skip_zero_init_option():
     g = plain_net(seed=5)
     g2, res = skip("concat-skip", g, "r1", "r3", init="zeros", channels=2)
