@@ -139,7 +139,9 @@ def morph(ctx, model, widen, width, factor, deepen, kernel, skip_add, skip_conca
     The morph flags apply in the order given. NAME is a node name or the name of its output value
     (`nashir show MODEL` lists both). Example:
 
-        nashir morph net.onnx --widen conv2 --factor 2 --deepen relu3 --kernel 5 --check
+    \b
+        nashir morph net.onnx --widen conv2 --factor 2 \\
+            --deepen relu3 --kernel 5 --check
     """
     import numpy as np
 
