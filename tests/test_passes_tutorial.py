@@ -9,10 +9,10 @@ import shlex
 import sys
 from pathlib import Path
 
-import nashir
 from nashir.passes import base as B
 from nashir.passes import check_preservation
 
+import nashir
 from nashir.cli import main
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "writing-passes.md"
