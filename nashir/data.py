@@ -197,7 +197,8 @@ def load_dataset(
             does not matter). See the module docstring for each.
         data_dir: Folder holding the CIFAR files (either official layout); required for
             ``cifar10`` / ``cifar100``, ignored otherwise.
-        seed: Seed of the stratified splits of ``digits`` and ``npz`` (the CIFAR split is fixed).
+        seed: Seed (an integer >= 0) of the stratified splits of ``digits`` and ``npz`` (the CIFAR
+            split is fixed).
         augment: Override the data set's default augmentation flag (on for CIFAR, off otherwise).
 
     Returns:
@@ -206,10 +207,12 @@ def load_dataset(
     Raises:
         DataError: Unknown spec (the message lists the accepted ones), missing ``data_dir`` or
             files (the message lists the expected files and both layouts), malformed files, a
-            pickle that asks for anything but numpy arrays.
+            pickle that asks for anything but numpy arrays, a negative or non-integer seed.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise DataError(f"data set spec must be a non-empty string; expected one of {_names()}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise DataError(f"data set seed {seed!r}: expected an integer >= 0 (CLI: --seed)")
     spec = spec.strip()
     head, sep, rest = spec.partition(":")
     name = head.lower()
@@ -283,7 +286,10 @@ def _stratified_split(y: np.ndarray, n_out: int, seed: int, what: str) -> tuple[
         raise DataError(f"{what}: cannot hold out {n_out} of {len(y)} samples; provide more data")
     classes, counts = np.unique(y, return_counts=True)
     stratify = y if counts.min() >= 2 and len(classes) <= min(n_out, len(y) - n_out) else None
-    keep, out = train_test_split(idx, test_size=n_out, random_state=seed, shuffle=True, stratify=stratify)
+    # scikit-learn takes seeds in [0, 2**32); larger seeds (and seed + 1 at the top) wrap around.
+    keep, out = train_test_split(
+        idx, test_size=n_out, random_state=int(seed) % 2**32, shuffle=True, stratify=stratify
+    )
     return np.sort(keep), np.sort(out)
 
 
@@ -597,9 +603,14 @@ def _check_x(path: Path, key: str, x: np.ndarray) -> np.ndarray:
     if x.dtype == np.uint8:
         return x
     if np.issubdtype(x.dtype, np.floating):
-        x = x.astype(np.float32, copy=False)
         if not np.all(np.isfinite(x)):
             raise DataError(f"{path}: array {key!r} contains NaN or infinite values")
+        with np.errstate(over="ignore"):
+            x = x.astype(np.float32, copy=False)
+        if not np.all(np.isfinite(x)):
+            raise DataError(
+                f"{path}: array {key!r} has values beyond float32's range (|x| > 3.4e38); rescale the images"
+            )
         return x
     raise DataError(
         f"{path}: array {key!r} has dtype {x.dtype}; expected uint8 or a float type (convert with "

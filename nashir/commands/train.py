@@ -46,18 +46,32 @@ def _same_file(a: str, b: str) -> bool:
         return pa.resolve() == pb.resolve()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def _check_output(path: str, flag: str) -> None:
+    """Refuse an output path that cannot be written, before any work is done (exit 2)."""
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{flag} {path!r} is a folder; give a file name")
+    parent = p.parent
+    if not parent.is_dir():
+        raise UsageError(
+            f"{flag} {path!r}: folder {str(parent)!r} does not exist (or is not a folder); create it first"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path!r}: folder {str(parent)!r} is not writable")
+
+
+def _stage_text(path: Path, text: str) -> str:
+    """Write ``text`` to a temporary file next to ``path``; return its name (move it with os.replace)."""
     import tempfile
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return tmp
 
 
 @click.command("train")
@@ -98,7 +112,9 @@ def train(model, dataset, data_dir, epochs, lr_start, lr_end, batch_size, weight
 
     SGD with momentum and weight decay, the learning rate annealed per iteration from --lr-start
     to --lr-end by one cosine cycle (SGDR, Loshchilov & Hutter 2017), as NASH trains every
-    candidate. BatchNorm layers inserted by Net2DeeperNet are calibrated on the first batch.
+    candidate. BatchNorm layers marked for identity calibration are calibrated on the first batch
+    (the mark lives in the graph, not in ONNX files: a model written by `nashir morph --deepen`
+    arrives here without it).
 
     \b
     Example:
@@ -109,6 +125,16 @@ def train(model, dataset, data_dir, epochs, lr_start, lr_end, batch_size, weight
         raise UsageError(
             f"--output {output!r} is the input model; nashir never modifies its input, pick another file"
         )
+    _check_output(output, "--output")
+    if history_path is not None:
+        if _same_file(model, history_path):
+            raise UsageError(
+                f"--history {history_path!r} is the input model; nashir never modifies its input, pick "
+                "another file"
+            )
+        if _same_file(output, history_path) or Path(output).resolve() == Path(history_path).resolve():
+            raise UsageError(f"--history {history_path!r} is the --output file; give them different names")
+        _check_output(history_path, "--history")
     graph = _load_model(model)
     data = _load_data(dataset, data_dir, seed, augment)
 
@@ -130,10 +156,21 @@ def train(model, dataset, data_dir, epochs, lr_start, lr_end, batch_size, weight
             f"epoch {h['epoch'] + 1:>3}/{epochs}  loss {h['loss']:.4f}  train_acc {h['train_acc']:.4f}  "
             f"{score} {h['val_acc']:.4f}  lr {h['lr']:.4g}  {h['seconds']:.1f}s"
         )
-    save(trained, output)
+    staged = None
     if history_path is not None:
         rows = [{(score if k == "val_acc" else k): v for k, v in h.items()} for h in history]
-        _atomic_write_text(Path(history_path), json.dumps(rows, indent=2) + "\n")
+        try:
+            staged = _stage_text(Path(history_path), json.dumps(rows, indent=2) + "\n")
+        except OSError as e:
+            raise UsageError(f"--history {history_path!r}: cannot write: {e.strerror or e}") from e
+    try:
+        save(trained, output)
+        if staged is not None:
+            os.replace(staged, history_path)
+            staged = None
+    finally:
+        if staged is not None:
+            Path(staged).unlink(missing_ok=True)
     click.echo(f"wrote {output}")
 
 
