@@ -127,8 +127,8 @@ class TrainConfig:
             raise bad("t_mult", "an integer >= 1")
         if not isinstance(self.device, str) or not self.device:
             raise bad("device", "'auto', 'cpu', 'cuda' or 'cuda:N'")
-        if not is_int(self.seed):
-            raise bad("seed", "an integer")
+        if not is_int(self.seed) or not 0 <= self.seed < 2**64:
+            raise bad("seed", "an integer in [0, 2**64)")
         if self.threads is not None and (not is_int(self.threads) or self.threads < 1):
             raise bad("threads", "None or an integer >= 1")
         if self.train_split not in SPLITS:
@@ -399,6 +399,22 @@ def _check_logits(out: torch.Tensor, num_classes: int) -> None:
         )
 
 
+def _check_finite_state(module: torch.nn.Module, epoch: int, step: int, lr: float) -> None:
+    """Raise TrainingDiverged when a parameter or floating buffer holds NaN or inf (one sync)."""
+    tensors = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point() and t.numel()]
+    if not tensors:
+        return
+    ok = torch.stack([torch.isfinite(t).all() for t in tensors]).all()
+    if not bool(ok.item()):
+        raise TrainingDiverged(
+            f"after epoch {epoch} (step {step}, lr {lr:.4g}) the weights hold NaN or infinite values "
+            "although each training loss was finite; lower lr_start or check the model for exploding "
+            "activations",
+            epoch=epoch,
+            step=step,
+        )
+
+
 def _evaluate(
     module: torch.nn.Module, dd: DeviceData, num_classes: int, batch_size: int
 ) -> tuple[float, float]:
@@ -510,8 +526,10 @@ def train_module(
         evaluation).
 
     Raises:
-        TrainingDiverged: The loss of an iteration is NaN or infinite; ``epoch`` and ``step``
-            (0-based, step within the epoch) say where. Raised before that step's update.
+        TrainingDiverged: The loss of an iteration is NaN or infinite (raised before that step's
+            update), or after an epoch a parameter / buffer is not finite or the ``eval_split``
+            loss is NaN or infinite (the last update overflowed); ``epoch`` and ``step`` (0-based,
+            step within the epoch) say where.
         BackendError: The module's output is not (B, num_classes).
         DataError: Unknown or empty split.
         TrainConfigError: Bad device.
@@ -597,9 +615,18 @@ def train_module(
                 if bar is not None:
                     bar.close()
             n = len(train_dd)
+            _check_finite_state(module, epoch, spe - 1, lr)
             val_acc = None
             if eval_dd is not None:
-                val_acc, _ = _evaluate(module, eval_dd, data.num_classes, max(cfg.batch_size, 512))
+                val_acc, val_loss = _evaluate(module, eval_dd, data.num_classes, max(cfg.batch_size, 512))
+                if not math.isfinite(val_loss):
+                    raise TrainingDiverged(
+                        f"after epoch {epoch} (step {spe - 1}, lr {lr:.4g}) the {cfg.eval_split} loss is "
+                        f"{val_loss}: the network's outputs overflow although each training loss was "
+                        "finite; lower lr_start or check the model for exploding activations",
+                        epoch=epoch,
+                        step=spe - 1,
+                    )
             history.append(
                 {
                     "epoch": epoch,
