@@ -305,6 +305,15 @@ class Graph:
                     f"node {name!r} ({op_type}): input {i} ({inputs[i].name!r}) is a parameter and must be a "
                     "constant (graph.add_const)"
                 )
+        typed = [(i, v) for i, v in enumerate(inputs[:n])
+                 if v is not None and not (op_type == "Reshape" and i == 1)]   # Reshape's shape is int64
+        if typed and any(v.dtype != typed[0][1].dtype for _, v in typed):
+            i, v = next((i, v) for i, v in typed if v.dtype != typed[0][1].dtype)
+            raise OpError(
+                f"node {name!r} ({op_type}): input {i} ({v.name!r}) has dtype {v.dtype}, input "
+                f"{typed[0][0]} ({typed[0][1].name!r}) has {typed[0][1].dtype}; ONNX needs one element type "
+                "for all of them (the IR's is float32): cast the array, e.g. array.astype(np.float32)"
+            )
         shapes = [v.shape if v is not None else None for v in inputs[:n]]
         for i, v in enumerate(inputs[:n]):
             if v is not None and v.shape is None:

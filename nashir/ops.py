@@ -325,13 +325,22 @@ register_op(
            sign=_clip_sign)
 )
 
+
+def _lrn_check(attrs, node_name):
+    if attrs["size"] < 1:
+        raise OpError(
+            f"node {node_name!r} (LRN): size={attrs['size']} must be >= 1 (the number of channels summed "
+            "over)"
+        )
+
+
 register_op(
     OpSpec(
         "LRN", 1, 1, _same,
         attrs={"alpha": AttrSpec("float", 1e-4), "beta": AttrSpec("float", 0.75),
                "bias": AttrSpec("float", 1.0), "size": AttrSpec("int")},
         macs=lambda a, i, o: _prod([d for d in o[0][1:] if _is_int(d)]) * a["size"],
-        channel=lambda n: BLOCKER, sign=_all_nonneg,
+        channel=lambda n: BLOCKER, sign=_all_nonneg, check=_lrn_check,
     )
 )
 
@@ -364,6 +373,13 @@ def _pool_macs(attrs, ins, outs):
     return _prod(o[1:]) * _prod(attrs["kernel_shape"])
 
 
+def _check_pool(attrs, node_name):
+    _check_notset(attrs, node_name)
+    for k in ("ceil_mode", "count_include_pad", "storage_order"):
+        if k in attrs and attrs[k] not in (0, 1):
+            raise OpError(f"node {node_name!r}: attribute {k}={attrs[k]} must be 0 or 1")
+
+
 _POOL_COMMON = {
     "auto_pad": AttrSpec("string", "NOTSET"),
     "ceil_mode": AttrSpec("int", 0),
@@ -376,13 +392,13 @@ _POOL_COMMON = {
 register_op(
     OpSpec("MaxPool", 1, 1, _pool_infer, attrs={**_POOL_COMMON, "storage_order": AttrSpec("int", 0)},
            macs=_pool_macs, channel=lambda n: TRANSPARENT, sign=_all_nonneg,
-           check=lambda attrs, name: _check_notset(attrs, name))
+           check=lambda attrs, name: _check_pool(attrs, name))
 )
 register_op(
     OpSpec("AveragePool", 1, 1, _pool_infer,
            attrs={**_POOL_COMMON, "count_include_pad": AttrSpec("int", 0)},
            macs=_pool_macs, channel=lambda n: TRANSPARENT, sign=_all_nonneg,
-           check=lambda attrs, name: _check_notset(attrs, name))
+           check=lambda attrs, name: _check_pool(attrs, name))
 )
 
 
@@ -718,6 +734,11 @@ def normalize_attrs(
         OpError: unknown attribute, missing required attribute, or wrong kind; names the node.
     """
     spec = get_op(op_type)
+    if attrs is not None and not isinstance(attrs, dict):
+        raise OpError(
+            f"node {node_name!r} ({op_type}): attributes must be a dict name -> value, got "
+            f"{type(attrs).__name__}"
+        )
     attrs = dict(attrs or {})
     out: dict = {}
     for k, v in attrs.items():
