@@ -12,6 +12,7 @@ inputs and outputs is symbolic (``N`` unless the IR names another symbol).
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -198,7 +199,8 @@ def model_bytes(graph: Graph, opset: int | None = None) -> bytes:
 
 def _atomic_write(path: Path, data: bytes | list) -> None:
     """Write ``data`` (bytes, or a list of byte chunks) to ``path`` via a temp file in the same folder."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    # the prefix is capped so that a file name near the 255-byte limit still gets a temp name
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=".tmp", dir=str(path.parent))
     try:
         with os.fdopen(fd, "wb") as f:
             for chunk in data if isinstance(data, list) else [data]:
@@ -210,6 +212,32 @@ def _atomic_write(path: Path, data: bytes | list) -> None:
         except OSError:
             pass
         raise
+
+
+def _check_target(path: Path) -> None:
+    """Refuse a target that cannot take an atomic replace: a missing folder, a folder, or an existing
+    device, pipe or socket (``os.replace`` would put a regular file in its place, e.g. over
+    ``/dev/null`` when run as root)."""
+    if "\x00" in str(path):
+        raise ExportError(f"cannot write {str(path)!r}: a file name cannot contain a NUL character")
+    try:
+        folder_ok = path.parent.is_dir()
+        is_dir = path.is_dir()
+        mode = path.lstat().st_mode if os.path.lexists(path) else None
+    except (OSError, ValueError) as e:
+        raise ExportError(f"cannot write {str(path)!r}: {e}; give a valid file path") from None
+    if not folder_ok:
+        raise ExportError(
+            f"cannot write {str(path)!r}: folder {str(path.parent)!r} does not exist; create it first"
+        )
+    if is_dir:
+        raise ExportError(f"cannot write {str(path)!r}: it is a folder; give a file name such as model.onnx")
+    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        raise ExportError(
+            f"cannot write {str(path)!r}: it exists and is not a regular file (a device, pipe or socket); "
+            "save writes a temp file and renames it over the target, which would replace it: give the "
+            "path of a regular file"
+        )
 
 
 def save(graph: Graph, path, opset: int | None = None, external_data: bool = False) -> None:
@@ -225,18 +253,16 @@ def save(graph: Graph, path, opset: int | None = None, external_data: bool = Fal
 
     Raises:
         ExportError: as :func:`to_onnx`; a model over 2 GiB without ``external_data``; the folder
-            does not exist. Nothing is written when an error is raised.
+            does not exist; the target is a folder, or an existing device, pipe or socket.
+            Nothing is written when an error is raised.
     """
     path = Path(path)
-    if not path.parent.is_dir():
-        raise ExportError(
-            f"cannot write {str(path)!r}: folder {str(path.parent)!r} does not exist; create it first"
-        )
-    if path.is_dir():
-        raise ExportError(f"cannot write {str(path)!r}: it is a folder; give a file name such as model.onnx")
+    data_name = path.name + ".data"
+    _check_target(path)
+    if external_data:
+        _check_target(path.parent / data_name)
     model = to_onnx(graph, opset)
     chunks: list = []
-    data_name = path.name + ".data"
     if external_data:
         offset = 0
         for t in model.graph.initializer:

@@ -23,7 +23,8 @@ What the importer normalises, so that the IR has one form per meaning (ONNX opse
   opset 7 are first upgraded with ``onnx.version_converter``;
 * ``Sum`` becomes ``Add`` (a chain for more than two inputs); ``Sub``/``Div`` by a constant become
   ``Add``/``Mul`` by its negation/reciprocal; ``ReduceMean`` over all spatial axes with
-  ``keepdims=1`` becomes ``GlobalAveragePool``; a zero ``Pad`` of the spatial axes that only
+  ``keepdims=1`` becomes ``GlobalAveragePool`` (with ``keepdims=0``, ``GlobalAveragePool`` then
+  ``Flatten``); a zero ``Pad`` of the spatial axes that only
   Convs read is added to their ``pads``.
 
 The batch dimension of every data input becomes the symbol ``"N"``; a model exported at batch 1
@@ -212,6 +213,12 @@ class _Importer:
         self.skip: set[int] = set()                # node indices consumed by a fusion
         self.pending_pad: dict[str, tuple] = {}    # Pad output -> (input Value, spatial pads) for a Conv
         self.g = Graph(model.graph.name or "graph")
+        gp = model.graph
+        # every value name of the source model: an IR-only intermediate value never takes one of them
+        self.onnx_names: set[str] = ({v.name for v in gp.input} | {v.name for v in gp.output}
+                                     | {t.name for t in gp.initializer}
+                                     | {o for n in gp.node for o in n.output if o})
+        self._current: str | None = None           # the node being converted, for error messages
 
     # ---------------------------------------------------------------- errors
     def fail(self, msg: str) -> ImportErrorONNX:
@@ -235,6 +242,21 @@ class _Importer:
 
     # ---------------------------------------------------------------- main
     def run(self) -> Graph:
+        """Import the model; a malformed model (e.g. a required attribute missing, an unknown element
+        type) raises ImportErrorONNX rather than a Python error."""
+        try:
+            return self._run()
+        except NashirError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+            where = f"node {self._current}: " if self._current else ""
+            raise self.fail(
+                f"{where}the model is malformed or has a form nashir cannot read ({type(e).__name__}: {e}); "
+                "check it with onnx.checker.check_model(model, full_check=True) and re-export it (if the "
+                "checker accepts it, please report this as a nashir bug)"
+            ) from e
+
+    def _run(self) -> Graph:
         gp = self.onnx_graph
         self._read_initializers()
         self._data_inputs()
@@ -251,12 +273,17 @@ class _Importer:
             if i in self.skip or i in self.folded:
                 continue
             node = gp.node[i]
+            self._current = f"{_node_label(node)!r} ({node.op_type})"
             try:
                 self._convert(i, node)
             except NashirError as e:
                 if isinstance(e, ImportErrorONNX):
                     raise
-                raise self.fail(f"node {_node_label(node)!r} ({node.op_type}): {e}") from None
+                msg, prefix = str(e), f"node {_node_label(node)!r}"
+                if not msg.startswith(prefix):
+                    msg = f"{prefix} ({node.op_type}): {msg}"
+                raise self.fail(msg) from None
+        self._current = None
         for o in gp.output:
             v = self.env.get(o.name)
             if v is None:
@@ -590,10 +617,22 @@ class _Importer:
         """:meth:`emit` one IR node for ``node``, with its name (or a generated one) and output name."""
         return self.emit(op_type, inputs, attrs, self._name(node, op_type), node.output[0])
 
-    def emit(self, op_type: str, inputs: list, attrs: dict, name: str, out: str) -> Value:
-        out_name = out if out not in self.g.values else self.g.unique_value_name(out)
+    def emit(
+        self, op_type: str, inputs: list, attrs: dict, name: str, out: str, internal: bool = False
+    ) -> Value:
+        """Append one IR node. ``out`` is the ONNX value it computes (registered in ``env``), or, when
+        ``internal``, the stem of a name for an IR-only intermediate (e.g. the Transpose before a
+        transA Gemm): that name avoids every name of the source model and is not registered, so it can
+        never shadow one of the model's own values."""
+        if internal:
+            out_name, k = out, 1
+            while out_name in self.g.values or out_name in self.onnx_names:
+                out_name, k = f"{out}_{k}", k + 1
+        else:
+            out_name = out if out not in self.g.values else self.g.unique_value_name(out)
         nd = self.g.add_node(op_type, inputs, attrs, name=name, outputs=[out_name], index=len(self.g.nodes))
-        self.env[out] = nd.outputs[0]
+        if not internal:
+            self.env[out] = nd.outputs[0]
         return nd.outputs[0]
 
     def _unused_extra_outputs(self, node: onnx.NodeProto, what: str) -> None:
@@ -882,6 +921,12 @@ class _Importer:
                 and tuple(out) == (BATCH, math.prod(rest))):
             return self.emit1(node, "Flatten", [x], {"axis": 1})
         if any(d == "?" for d in out):
+            if all(isinstance(d, int) for d in x.shape[1:]):
+                raise self.fail(
+                    f"node {_node_label(node)!r} (Reshape) of {list(x.shape)} to {raw} mixes the batch "
+                    "dimension with the others; nashir keeps the batch dimension first and whole: re-export "
+                    "the model with a target that keeps it (e.g. x.flatten(1) or x.view(x.size(0), -1))"
+                )
             raise self.fail(
                 f"node {_node_label(node)!r} (Reshape) of {list(x.shape)} to {target} leaves a dimension "
                 "unknown; "
@@ -916,11 +961,17 @@ class _Importer:
             axes = a.get("axes")
         r = len(x.shape)
         axes = list(range(r)) if axes is None else sorted(v + r if v < 0 else v for v in axes)
-        if r >= 3 and axes == list(range(2, r)) and a.get("keepdims", 1) == 1:
-            return self.emit1(node, "GlobalAveragePool", [x], {})
+        if r >= 3 and axes == list(range(2, r)):
+            if a.get("keepdims", 1) == 1:
+                return self.emit1(node, "GlobalAveragePool", [x], {})
+            # keepdims=0 (torch's x.mean((2, 3))): a global average pooling, then Flatten of the 1x1 axes
+            name = self._name(node, "GlobalAveragePool")
+            h = self.emit("GlobalAveragePool", [x], {}, name, f"{node.output[0]}_pooled", internal=True)
+            return self.emit("Flatten", [h], {"axis": 1}, self.g.unique_node_name(f"{name}_flatten"),
+                             node.output[0])
         raise self.unsupported(
             node, f"{_node_label(node)} (axes {axes}, keepdims={a.get('keepdims', 1)}; only a mean over "
-                            "all spatial axes with keepdims=1, a global average pooling, is supported)")
+                            "all spatial axes, a global average pooling, is supported)")
 
     def _op_Softmax(self, node, a):
         x = self.data(node, 0)
@@ -938,12 +989,12 @@ class _Importer:
         rest = [int(d) for d in x.shape[1:]]
         flat_name = self.g.unique_node_name(f"{name}_flatten")
         if axis == 1:
-            h = self.emit("Flatten", [x], {"axis": 1}, flat_name, f"{node.output[0]}_2d")
+            h = self.emit("Flatten", [x], {"axis": 1}, flat_name, f"{node.output[0]}_2d", internal=True)
         else:
             inner = [0, *rest[: axis - 1], math.prod(rest[axis - 1:])]
             t1 = self.new_const(np.array(inner, np.int64), f"{name}.shape_in")
-            h = self.emit("Reshape", [x, t1], {}, flat_name, f"{node.output[0]}_2d")
-        h = self.emit("Softmax", [h], {"axis": -1}, name, f"{node.output[0]}_softmax")
+            h = self.emit("Reshape", [x, t1], {}, flat_name, f"{node.output[0]}_2d", internal=True)
+        h = self.emit("Softmax", [h], {"axis": -1}, name, f"{node.output[0]}_softmax", internal=True)
         t2 = self.new_const(np.array([0, *rest], np.int64), f"{name}.shape_out")
         return self.emit("Reshape", [h, t2], {}, self.g.unique_node_name(f"{name}_unflatten"), node.output[0])
 
@@ -953,7 +1004,7 @@ class _Importer:
         name = self._name(node, "Gemm")
         if a.get("transA", 0):   # Y = A^T W^T + C: an explicit Transpose, then the IR's Gemm
             x = self.emit("Transpose", [x], {"perm": [1, 0]}, self.g.unique_node_name(f"{name}_transA"),
-                          f"{node.output[0]}_transA")
+                          f"{node.output[0]}_transA", internal=True)
         c = self.param(node, 2, "bias C", required=False)
         alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
         w_name = node.input[1]
@@ -1067,7 +1118,7 @@ class _Importer:
             last = k == len(ins) - 1
             nm = name if k == 1 else self.g.unique_node_name(f"{name}_{k}")
             out = node.output[0] if last else f"{node.output[0]}_partial{k}"
-            acc = self.emit("Add", [acc, v], {}, nm, out)
+            acc = self.emit("Add", [acc, v], {}, nm, out, internal=not last)
         return acc
 
     def _op_Concat(self, node, a):
