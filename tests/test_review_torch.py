@@ -146,3 +146,17 @@ def test_cli_writes_nothing_when_the_outputs_overflow(tmp_path, model, capsys):
                      "--history", tmp_path / "h.json")
     assert rc == 1 and "Traceback" not in err and "epoch 0" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_a_constant_that_is_not_finite_from_the_start_is_not_divergence():
+    # Add of a fixed (1, C, H, W) mask with -inf entries, then Relu: the outputs are finite, the
+    # mask buffer is not; the post-epoch weight check must only flag what training broke.
+    b = GraphBuilder("masked", (1, 8, 8), seed=0)
+    h = b.conv(b.input, 4)
+    mask = np.zeros((1, 4, 8, 8), np.float32)
+    mask[:, :, 0, :] = -np.inf
+    h = b.relu(b.op("Add", h, b.graph.add_const(mask, "mask")))
+    g = b.build(b.gemm(b.flatten(b.maxpool(h, 2)), 10))
+    trained, history = train(g, load_dataset("digits"), TrainConfig(epochs=1, device="cpu", threads=1))
+    assert len(history) == 1 and np.isfinite(history[0]["loss"])
+    assert np.array_equal(trained.value("mask").const, mask)

@@ -399,9 +399,21 @@ def _check_logits(out: torch.Tensor, num_classes: int) -> None:
         )
 
 
-def _check_finite_state(module: torch.nn.Module, epoch: int, step: int, lr: float) -> None:
-    """Raise TrainingDiverged when a parameter or floating buffer holds NaN or inf (one sync)."""
+def _finite_tensors(module: torch.nn.Module) -> list[torch.Tensor]:
+    """The module's floating parameters and buffers that hold only finite values (one sync).
+
+    A constant that is not finite from the start (a ``-inf`` mask, say) is left out, so that
+    :func:`_check_finite_state` flags only what training broke.
+    """
     tensors = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point() and t.numel()]
+    if not tensors:
+        return []
+    flags = torch.stack([torch.isfinite(t).all() for t in tensors]).tolist()
+    return [t for t, ok in zip(tensors, flags) if ok]
+
+
+def _check_finite_state(tensors: list[torch.Tensor], epoch: int, step: int, lr: float) -> None:
+    """Raise TrainingDiverged when one of ``tensors`` now holds NaN or inf (one sync)."""
     if not tensors:
         return
     ok = torch.stack([torch.isfinite(t).all() for t in tensors]).all()
@@ -548,6 +560,7 @@ def train_module(
             module.to(memory_format=torch.channels_last)
         train_dd = DeviceData(data, cfg.train_split, device, augment=data.augment, seed=cfg.seed)
         eval_dd = DeviceData(data, cfg.eval_split, device) if cfg.eval_split is not None else None
+        watched = _finite_tensors(module)
         params = [p for p in module.parameters() if p.requires_grad]
         if not params:
             raise BackendError("train_module: the module has no trainable parameters")
@@ -615,7 +628,7 @@ def train_module(
                 if bar is not None:
                     bar.close()
             n = len(train_dd)
-            _check_finite_state(module, epoch, spe - 1, lr)
+            _check_finite_state(watched, epoch, spe - 1, lr)
             val_acc = None
             if eval_dd is not None:
                 val_acc, val_loss = _evaluate(module, eval_dd, data.num_classes, max(cfg.batch_size, 512))
