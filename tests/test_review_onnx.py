@@ -28,6 +28,7 @@ import nashir
 from nashir import GraphBuilder
 from nashir.backends.onnx import run
 from nashir.backends.onnx.exporter import ExportError
+from nashir.errors import ImportErrorONNX
 
 
 def _vi(name, shape=None, elem=TensorProto.FLOAT):
@@ -215,3 +216,26 @@ def test_node_error_names_the_node_once(tmp_path, capsys):
     err = check_bad(tmp_path, src, r"node 'conv' \(Conv\).*does not fit", capsys,
                     cli_args=("--input-shape", "3,2,2"), input_shape=(3, 2, 2))
     assert err.count("node 'conv'") == 1
+
+
+# ------------------------------------------------------------------------------------------- input_shape
+
+
+@pytest.mark.parametrize("shape", [(3, "x", 9), (3.5, 9, 9), "3,9,9", 5, (3, -9, 9), (), (True, 9, 9)])
+def test_bad_input_shape_argument_is_named_not_blamed_on_the_model(shape):
+    m = _good_model(x_shape=("N", 3, "h", "w"))
+    match = r"input_shape .* is not a sequence of positive integers.*3, 224, 224"
+    with pytest.raises(ImportErrorONNX, match=match):
+        nashir.load(m, input_shape=shape)
+
+
+@pytest.mark.parametrize("shape", [(3, 9, 9), [3, 9, 9], (1, 3, 9, 9), np.array([3, 9, 9]), {"x": (3, 9, 9)}])
+def test_good_input_shape_arguments(shape):
+    g = nashir.load(_good_model(x_shape=("N", 3, "h", "w")), input_shape=shape)
+    assert g.inputs[0].shape == ("N", 3, 9, 9)
+
+
+def test_input_shape_for_an_unknown_input_is_refused():
+    m = _good_model(x_shape=("N", 3, "h", "w"))
+    with pytest.raises(ImportErrorONNX, match=r"input_shape names 'zz', which is not a data input.*\['x'\]"):
+        nashir.load(m, input_shape={"zz": (3, 9, 9), "x": (3, 9, 9)})

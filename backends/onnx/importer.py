@@ -381,6 +381,7 @@ class _Importer:
             raise self.fail("the graph has no data input (every graph input is an initializer)")
         shapes = self.input_shape
         if shapes is not None and not isinstance(shapes, dict):
+            self._check_shape_arg(shapes)
             if len(inputs) != 1:
                 raise self.fail(
                     f"input_shape {tuple(shapes)} is ambiguous for a model with inputs "
@@ -388,6 +389,12 @@ class _Importer:
                 )
             shapes = {inputs[0].name: shapes}
         shapes = shapes or {}
+        names = [v.name for v in inputs]
+        for k, v in shapes.items():
+            if k not in names:
+                raise self.fail(f"input_shape names {k!r}, which is not a data input of the model; its data "
+                                f"inputs are {names}")
+            self._check_shape_arg(v)
         for vi in inputs:
             tt = vi.type.tensor_type if vi.type.HasField("tensor_type") else None
             if tt is None:
@@ -439,6 +446,15 @@ class _Importer:
                     "or input_shape= in Python"
                 )
             self.env[vi.name] = self.g.add_input(vi.name, (BATCH, *rest), "float32")
+
+    def _check_shape_arg(self, shape) -> None:
+        ok = isinstance(shape, (list, tuple, np.ndarray)) and np.ndim(shape) == 1 and len(shape) > 0 and all(
+            isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in shape)
+        if not ok:
+            raise self.fail(
+                f"input_shape {shape!r} is not a sequence of positive integers; give the sample's non-batch "
+                "dimensions, e.g. (3, 224, 224) (--input-shape 3,224,224 on the command line)"
+            )
 
     # ---------------------------------------------------------------- topological order
     def _toposort(self) -> list[int]:
