@@ -239,3 +239,32 @@ def test_input_shape_for_an_unknown_input_is_refused():
     m = _good_model(x_shape=("N", 3, "h", "w"))
     with pytest.raises(ImportErrorONNX, match=r"input_shape names 'zz', which is not a data input.*\['x'\]"):
         nashir.load(m, input_shape={"zz": (3, 9, 9), "x": (3, 9, 9)})
+
+
+def test_failed_external_data_save_keeps_the_old_pair(tmp_path, monkeypatch):
+    """The model's temp file fails to write after the data file's temp file was written: neither the
+    old model nor its old data file may change (before, the new data file was already in place)."""
+    import nashir.backends.onnx.exporter as exporter
+
+    b = GraphBuilder("big", input_shape=(3, 8, 8), seed=0)
+    old = b.build(b.relu(b.conv(b.input, 64)))             # a 7 KB weight: goes to the data file
+    dst = tmp_path / "m.onnx"
+    nashir.save(old, dst, external_data=True)
+    before = {p: p.read_bytes() for p in tmp_path.iterdir()}
+
+    b2 = GraphBuilder("big", input_shape=(3, 8, 8), seed=1)
+    new = b2.build(b2.relu(b2.conv(b2.input, 64)))
+    real = exporter.tempfile.mkstemp
+
+    def failing(*args, prefix="", **kw):
+        if prefix.startswith(".m.onnx.") and not prefix.startswith(".m.onnx.data."):   # the model's temp
+            raise OSError(28, "No space left on device")
+        return real(*args, prefix=prefix, **kw)
+
+    monkeypatch.setattr(exporter.tempfile, "mkstemp", failing)
+    with pytest.raises(nashir.errors.BackendError, match="No space left on device"):
+        nashir.save(new, dst, external_data=True)
+    assert {p: p.read_bytes() for p in tmp_path.iterdir()} == before   # no temp files either
+    monkeypatch.undo()
+    x = np.random.default_rng(0).normal(size=(2, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(run(dst, x)[0], run(old, x)[0])

@@ -197,20 +197,47 @@ def model_bytes(graph: Graph, opset: int | None = None) -> bytes:
         raise ExportError(f"graph {graph.name!r} is too large to serialise in one message ({e})") from None
 
 
-def _atomic_write(path: Path, data: bytes | list) -> None:
-    """Write ``data`` (bytes, or a list of byte chunks) to ``path`` via a temp file in the same folder."""
+def _write_temp(path: Path, data: bytes | list) -> str:
+    """Write ``data`` (bytes, or a list of byte chunks) to a new temp file next to ``path``; return its
+    name. On failure the temp file is removed and the error re-raised."""
     # the prefix is capped so that a file name near the 255-byte limit still gets a temp name
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=".tmp", dir=str(path.parent))
     try:
         with os.fdopen(fd, "wb") as f:
             for chunk in data if isinstance(data, list) else [data]:
                 f.write(chunk)
-        os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _unlink_quietly(tmp)
+        raise
+    return tmp
+
+
+def _unlink_quietly(name: str) -> None:
+    try:
+        os.unlink(name)
+    except OSError:
+        pass
+
+
+def _atomic_write(path: Path, data: bytes | list) -> None:
+    """Write ``data`` (bytes, or a list of byte chunks) to ``path`` via a temp file in the same folder."""
+    _atomic_write_all([(path, data)])
+
+
+def _atomic_write_all(items: list) -> None:
+    """Write several ``(path, data)`` files: every temp file is written before any is renamed into
+    place, so a write that fails (disk full, permissions) leaves every target as it was."""
+    tmps: list[tuple[str, Path]] = []
+    try:
+        for path, data in items:
+            tmps.append((_write_temp(path, data), path))
+        while tmps:
+            tmp, path = tmps[0]
+            os.replace(tmp, path)
+            tmps.pop(0)
+    except BaseException:
+        for tmp, _ in tmps:
+            _unlink_quietly(tmp)
         raise
 
 
@@ -248,8 +275,9 @@ def save(graph: Graph, path, opset: int | None = None, external_data: bool = Fal
         path: target ``.onnx`` file; its folder must exist.
         opset: as :func:`to_onnx` (default 17).
         external_data: store the weights of 1 KiB and more in ``<file name>.data`` next to the
-            model (needed above protobuf's 2 GiB limit). The data file is written first, then the
-            model, each atomically.
+            model (needed above protobuf's 2 GiB limit). Both files are written to temp files
+            first; only then is each renamed into place (the data file, then the model), so a
+            failed write leaves an earlier model and its data file as they were.
 
     Raises:
         ExportError: as :func:`to_onnx`; a model over 2 GiB without ``external_data``; the folder
@@ -291,9 +319,9 @@ def save(graph: Graph, path, opset: int | None = None, external_data: bool = Fal
     except ValueError:  # protobuf refuses messages over 2 GiB
         raise too_big from None
     try:
-        if chunks:
-            _atomic_write(path.parent / data_name, chunks)
-        _atomic_write(path, blob)
+        # the data file first, then the model that refers to it; both are complete on disk before
+        # either is renamed, so a failed write cannot pair an old model with a new data file
+        _atomic_write_all(([(path.parent / data_name, chunks)] if chunks else []) + [(path, blob)])
     except OSError as e:
         raise BackendError(
             f"cannot write {str(path)!r}: {e.strerror or e}; check the folder's permissions"
