@@ -10,11 +10,11 @@ import pytest
 
 from nashir import GraphBuilder
 from nashir.backends.onnx import save
-from nashir.backends.torch import TrainConfig, TrainingDiverged, train
+from nashir.backends.torch import TrainConfig, TrainingDiverged, evaluate, train
 from nashir.backends.torch.train import TrainConfigError
 from nashir.cli import main
 from nashir.data import load_dataset
-from nashir.errors import DataError
+from nashir.errors import BackendError, DataError
 
 
 def small_cnn(seed=0):
@@ -160,3 +160,18 @@ def test_a_constant_that_is_not_finite_from_the_start_is_not_divergence():
     trained, history = train(g, load_dataset("digits"), TrainConfig(epochs=1, device="cpu", threads=1))
     assert len(history) == 1 and np.isfinite(history[0]["loss"])
     assert np.array_equal(trained.value("mask").const, mask)
+
+
+def test_output_batch_that_differs_from_the_input_batch_is_a_backend_error():
+    # Reshape to (-1, 128) turns a batch of B images into 2B rows; this used to escape as a raw
+    # ValueError from cross_entropy. (The ONNX importer refuses such a Reshape, so this is the
+    # Python API's path.)
+    b = GraphBuilder("rs", (1, 8, 8), seed=0)
+    h = b.conv(b.input, 4)
+    h = b.op("Reshape", h, b.graph.add_const(np.array([-1, 128], np.int64), "tgt"))
+    g = b.build(b.gemm(h, 10))
+    data = load_dataset("digits")
+    with pytest.raises(BackendError, match=r"\(256, 10\).*\(128, 10\)"):
+        train(g, data, TrainConfig(epochs=1, device="cpu", threads=1))
+    with pytest.raises(BackendError, match="expected logits"):
+        evaluate(g, data, "val", device="cpu", batch_size=64)

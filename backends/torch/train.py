@@ -391,11 +391,13 @@ class DeviceData:
 # --------------------------------------------------------------------------------------------
 
 
-def _check_logits(out: torch.Tensor, num_classes: int) -> None:
-    if out.ndim != 2 or out.shape[1] != num_classes:
+def _check_logits(out: torch.Tensor, num_classes: int, batch: int) -> None:
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or tuple(out.shape) != (batch, num_classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise BackendError(
-            f"the module's output has shape {tuple(out.shape)}; expected logits (batch, {num_classes}) "
-            f"for a {num_classes}-class data set"
+            f"the module's output for a batch of {batch} images has shape {shape}; expected logits "
+            f"(batch, {num_classes}) = ({batch}, {num_classes}), one row per image, for a "
+            f"{num_classes}-class data set (a Reshape that changes the batch size?)"
         )
 
 
@@ -442,7 +444,7 @@ def _evaluate(
                     xb = xb.contiguous(memory_format=torch.channels_last)
                 out = module(xb)
                 if i == 0:
-                    _check_logits(out, num_classes)
+                    _check_logits(out, num_classes, xb.shape[0])
                 out = out.float()
                 loss_sum += F.cross_entropy(out, yb, reduction="sum")
                 correct += (out.argmax(1) == yb).sum()
@@ -602,7 +604,7 @@ def train_module(
                     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
                         out = module(xb)
                     if step == 0:
-                        _check_logits(out, data.num_classes)
+                        _check_logits(out, data.num_classes, xb.shape[0])
                     out = out.float()
                     loss = F.cross_entropy(out, yb)
                     loss_val = loss.item()  # one sync per step: divergence is caught at once
