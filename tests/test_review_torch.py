@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 
 from nashir import GraphBuilder
 from nashir.backends.onnx import save
@@ -175,3 +176,40 @@ def test_output_batch_that_differs_from_the_input_batch_is_a_backend_error():
         train(g, data, TrainConfig(epochs=1, device="cpu", threads=1))
     with pytest.raises(BackendError, match="expected logits"):
         evaluate(g, data, "val", device="cpu", batch_size=64)
+
+
+def flat_bn_graph():
+    """Conv -> Flatten -> Gemm -> BatchNormalization on (N, F) -> Gemm (Net2Deeper on a flat value)."""
+    b = GraphBuilder("flatbn", (1, 8, 8), seed=0)
+    h = b.flatten(b.maxpool(b.conv(b.input, 4), 2))
+    h = b.bn(b.gemm(h, 16))
+    return b.build(b.gemm(h, 10))
+
+
+def test_a_last_training_batch_of_one_image_is_merged():
+    # 1079 digits training images with batch 1078 leave one image: BatchNorm over (1, F) used to
+    # fail with a raw ValueError. The single image now joins the batch before it.
+    data = load_dataset("digits")
+    _, history = train(flat_bn_graph(), data, TrainConfig(epochs=1, batch_size=1078, device="cpu",
+                                                          threads=1))
+    assert np.isfinite(history[0]["loss"])
+    from nashir.backends.torch.train import DeviceData
+
+    dd = DeviceData(data, "train", "cpu")
+    sizes = [len(y) for _, y in dd.batches(1078, shuffle=True)]
+    assert sizes == [1079] and dd.num_batches(1078, shuffle=True) == 1
+    assert [len(y) for _, y in dd.batches(1078)] == [1078, 1] and dd.num_batches(1078) == 2
+    sizes = [len(y) for _, y in dd.batches(154, shuffle=True)]  # 1079 = 7 * 154 + 1
+    assert sizes == [154] * 6 + [155]
+    ys = torch.cat([y for _, y in dd.batches(154, shuffle=True)])
+    assert torch.equal(torch.sort(ys).values, torch.sort(dd.y).values)  # every image once
+
+
+def test_batch_of_one_with_flat_batchnorm_is_a_backend_error():
+    g = flat_bn_graph()
+    g.find_node("bn_0").meta["calibrate"] = "identity"
+    with pytest.raises(BackendError, match="batch of 1 images"):
+        train(g, load_dataset("digits"), TrainConfig(epochs=1, batch_size=1, device="cpu", threads=1))
+    g.find_node("bn_0").meta.clear()
+    with pytest.raises(BackendError, match="forward pass failed on a batch of 1 images"):
+        train(g, load_dataset("digits"), TrainConfig(epochs=1, batch_size=1, device="cpu", threads=1))

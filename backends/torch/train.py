@@ -351,9 +351,17 @@ class DeviceData:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
-    def num_batches(self, batch_size: int) -> int:
-        """Batches per epoch: ``ceil(N / batch_size)`` (the last one may be smaller)."""
-        return (len(self) + batch_size - 1) // batch_size
+    def num_batches(self, batch_size: int, *, shuffle: bool = False) -> int:
+        """Batches per epoch of :meth:`batches` with the same arguments.
+
+        ``ceil(N / batch_size)`` (the last one may be smaller), one fewer when ``shuffle`` merges
+        a last batch of a single image into the one before.
+        """
+        n = len(self)
+        k = (n + batch_size - 1) // batch_size
+        if shuffle and k > 1 and n % batch_size == 1:
+            k -= 1
+        return k
 
     def prepare(self, xb: torch.Tensor, augment: bool | None = None) -> torch.Tensor:
         """Augment (if asked) and normalise a raw batch (B, C, H, W) -> float32 (B, C, H, W)."""
@@ -369,7 +377,10 @@ class DeviceData:
 
         Args:
             batch_size: Images per batch.
-            shuffle: Draw a fresh permutation from :attr:`generator` (else the stored order).
+            shuffle: Draw a fresh permutation from :attr:`generator` (else the stored order). This
+                is the training order, so a last batch of a single image is merged into the one
+                before (``batch_size + 1`` images): BatchNorm in training mode cannot normalise
+                one image over a flat feature axis (N, F).
 
         Yields:
             ``(x, y)``: x (B, C, H, W) float32 normalised (augmented if :attr:`augment`), y (B,)
@@ -377,11 +388,13 @@ class DeviceData:
         """
         n = len(self)
         order = torch.randperm(n, generator=self.generator, device=self.device) if shuffle else None
-        for start in range(0, n, batch_size):
+        starts = list(range(0, n, batch_size))[: self.num_batches(batch_size, shuffle=shuffle)]
+        for j, start in enumerate(starts):
+            stop = n if j == len(starts) - 1 else start + batch_size
             if order is None:
-                xb, yb = self.x[start : start + batch_size], self.y[start : start + batch_size]
+                xb, yb = self.x[start:stop], self.y[start:stop]
             else:
-                idx = order[start : start + batch_size]
+                idx = order[start:stop]
                 xb, yb = self.x[idx], self.y[idx]
             yield self.prepare(xb), yb
 
@@ -389,6 +402,17 @@ class DeviceData:
 # --------------------------------------------------------------------------------------------
 # Training and evaluation
 # --------------------------------------------------------------------------------------------
+
+
+def _forward(module: torch.nn.Module, xb: torch.Tensor, epoch: int | None, step: int) -> torch.Tensor:
+    """``module(xb)``; a failure inside torch becomes a BackendError that says where."""
+    try:
+        return module(xb)
+    except (RuntimeError, ValueError) as e:
+        where = f"epoch {epoch}, step {step}" if epoch is not None else f"evaluation batch {step}"
+        raise BackendError(
+            f"the forward pass failed on a batch of {xb.shape[0]} images ({where}): {type(e).__name__}: {e}"
+        ) from e
 
 
 def _check_logits(out: torch.Tensor, num_classes: int, batch: int) -> None:
@@ -442,9 +466,8 @@ def _evaluate(
             for i, (xb, yb) in enumerate(dd.batches(batch_size)):
                 if cuda:
                     xb = xb.contiguous(memory_format=torch.channels_last)
-                out = module(xb)
-                if i == 0:
-                    _check_logits(out, num_classes, xb.shape[0])
+                out = _forward(module, xb, None, i)
+                _check_logits(out, num_classes, xb.shape[0])
                 out = out.float()
                 loss_sum += F.cross_entropy(out, yb, reduction="sum")
                 correct += (out.argmax(1) == yb).sum()
@@ -567,7 +590,7 @@ def train_module(
         if not params:
             raise BackendError("train_module: the module has no trainable parameters")
         opt: torch.optim.SGD | None = None  # built after on_first_batch, which may touch params
-        spe = train_dd.num_batches(cfg.batch_size)
+        spe = train_dd.num_batches(cfg.batch_size, shuffle=True)
         history: list[dict] = []
         step = 0
         first = True
@@ -589,7 +612,13 @@ def train_module(
                     if first:
                         first = False
                         if on_first_batch is not None:
-                            on_first_batch(module, xb)
+                            try:
+                                on_first_batch(module, xb)
+                            except (RuntimeError, ValueError) as e:
+                                raise BackendError(
+                                    f"the first-batch callback (BatchNorm calibration) failed on a batch "
+                                    f"of {xb.shape[0]} images: {type(e).__name__}: {e}"
+                                ) from e
                             module.train()
                         opt = torch.optim.SGD(
                             [p for p in module.parameters() if p.requires_grad],
@@ -602,9 +631,8 @@ def train_module(
                     for g in opt.param_groups:
                         g["lr"] = lr
                     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                        out = module(xb)
-                    if step == 0:
-                        _check_logits(out, data.num_classes, xb.shape[0])
+                        out = _forward(module, xb, epoch, i)
+                    _check_logits(out, data.num_classes, xb.shape[0])
                     out = out.float()
                     loss = F.cross_entropy(out, yb)
                     loss_val = loss.item()  # one sync per step: divergence is caught at once
