@@ -218,10 +218,36 @@ def build_config(ctx: click.Context, params: dict, stored: dict | None = None):
 @click.option("--force", is_flag=True, help="Replace the nashir run in --out.")
 @click.option(
     "--executor",
-    type=click.Choice(["inprocess"]),
+    type=click.Choice(["inprocess", "ray"]),
     default="inprocess",
     show_default=True,
-    help="Who trains the candidates.",
+    help="Who trains the candidates: inprocess (one after another, in this process) or ray (several "
+    "at once as Ray tasks; needs pip install 'nashir[ray]'; see docs/distributed.md).",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    help="With --executor ray: join a running Ray cluster (auto, or HOST:PORT of `ray start --head`). "
+    "Default: start a local Ray instance for the run.",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="With --executor ray: most trials at once (default: as many as the resources allow; a local "
+    "instance gets workers x cpus-per-trial CPUs).",
+)
+@click.option(
+    "--gpus-per-trial",
+    type=float,
+    default=None,
+    help="With --executor ray: GPUs per trial (default 0; 1 = one trial per GPU; 0.5 = two share one).",
+)
+@click.option(
+    "--cpus-per-trial",
+    type=float,
+    default=None,
+    help="With --executor ray: CPUs per trial, also its torch threads (default 1).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars; print only the result line.")
 @click.pass_context
@@ -253,6 +279,7 @@ def search(ctx, **params):
         with Ledger.open(out, readonly=True) as led:
             stored = led.config
     config = build_config(ctx, params, stored)
+    executor = _make_executor(params, config)
     if out is None:
         out = default_out(config.dataset, config.preset or "custom")
     out = Path(out)
@@ -284,9 +311,23 @@ def search(ctx, **params):
         )
     from nashir.search import nash
 
-    result = nash(
-        model0, data, config, run_dir=out, resume=resume, force=params["force"], progress=not quiet, echo=echo
-    )
+    try:
+        if executor is not None:
+            executor.prepare(DataSpec(config.dataset, config.data_dir, seed=config.seed), data)  # joins Ray
+        result = nash(
+            model0,
+            data,
+            config,
+            executor=executor,
+            run_dir=out,
+            resume=resume,
+            force=params["force"],
+            progress=not quiet,
+            echo=echo,
+        )
+    finally:
+        if executor is not None:
+            executor.close()
     best = out / "best.onnx"
     line = (
         f"best model: {best} ({result.params:,} params), test accuracy {100 * result.test_acc:.2f}%"
@@ -300,6 +341,39 @@ def search(ctx, **params):
         click.echo(f"plots and report: nashir report {out}")
     else:
         click.echo(line)
+
+
+_RAY_FLAGS = {
+    "ray_address": "--ray-address",
+    "workers": "--workers",
+    "gpus_per_trial": "--gpus-per-trial",
+    "cpus_per_trial": "--cpus-per-trial",
+}
+
+
+def _make_executor(params: dict, config):
+    """The executor the flags ask for (None: the driver's default in-process one). Ray is imported
+    here (a clear message when it is missing) but joined only just before the search starts."""
+    if params["executor"] != "ray":
+        given = [flag for opt, flag in _RAY_FLAGS.items() if params.get(opt) is not None]
+        if given:
+            raise SearchError(f"{', '.join(given)} only apply to --executor ray; add it or drop them")
+        return None
+    from nashir.search.executor import make_executor
+    from nashir.search.ray_executor import check_device
+
+    gpus = 0.0 if params["gpus_per_trial"] is None else params["gpus_per_trial"]
+    cpus = 1.0 if params["cpus_per_trial"] is None else params["cpus_per_trial"]
+    ex = make_executor(
+        "ray",
+        address=params["ray_address"],
+        workers=params["workers"],
+        cpus_per_trial=cpus,
+        gpus_per_trial=gpus,
+        threads=config.threads,
+    )
+    check_device(config.device, ex.gpus_per_trial)
+    return ex
 
 
 @click.command("report")

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -128,6 +129,72 @@ def _ray_task(job: Job, threads: int, job_fn: Callable[..., Result]) -> Result:
             worker=worker,
         )
     return job_fn(job, data, threads=threads, device=_task_device(job, gpu_ids), worker=worker)
+
+
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """Refuse a ``HOST:PORT`` address where no TCP server answers within ``timeout`` seconds.
+    ``auto`` is first resolved as Ray does (``RAY_ADDRESS``, then the last ``ray start`` on this
+    machine); ``local`` and ``ray://`` (Ray client) addresses are left to ``ray.init``.
+
+    Raises:
+        SearchError: Nothing listens at the address, or it is not ``HOST:PORT``.
+    """
+    addr = address.strip()
+    shown = address
+    if addr == "auto":
+        resolved = _resolve_auto()
+        if resolved is None:
+            return
+        addr, shown = resolved, f"auto (= {resolved})"
+    if addr == "local" or "://" in addr:
+        return
+    host, sep, port = addr.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit():
+        raise SearchError(
+            f"--ray-address {address!r} is not HOST:PORT (e.g. 10.0.0.5:6379, the address `ray start "
+            "--head` prints) nor auto"
+        )
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        raise SearchError(
+            f"--ray-address {shown}: no Ray cluster answers there ({type(e).__name__}: {e}). Start the "
+            f"head node first (`ray start --head --port {port}`), check the address, or drop --ray-address "
+            "to start a local Ray instance"
+        ) from None
+
+
+def _resolve_auto() -> str | None:
+    """``HOST:PORT`` that ``ray.init(address="auto")`` would join (None: cannot tell).
+
+    Raises:
+        SearchError: No running Ray cluster is known on this machine.
+    """
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+    except ImportError:  # private API moved: let ray.init decide
+        return None
+    try:
+        return canonicalize_bootstrap_address("auto")
+    except ConnectionError as e:
+        raise SearchError(
+            f"--ray-address auto: {e} Start one with `ray start --head`, give its HOST:PORT, or drop "
+            "--ray-address to start a local Ray instance"
+        ) from None
+    except Exception:
+        return None
+
+
+def _gist(exc: BaseException, limit: int = 400) -> str:
+    """One line of an exception's message: its last line when the message holds a traceback
+    (where the real error is), else its first."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    line = lines[-1] if "Traceback (most recent call last)" in str(exc) else lines[0]
+    return line[:limit]
 
 
 def _check_amount(value, name: str, allow_zero: bool) -> float:
@@ -230,6 +297,7 @@ class RayExecutor(Executor):
                 kw.setdefault("num_cpus", ncpu)
                 kw.setdefault("include_dashboard", False)
             else:
+                _probe(self.address)  # ray.init retries an address where nothing answers forever
                 kw["address"] = self.address
             try:
                 ray.init(**kw)
@@ -241,9 +309,17 @@ class RayExecutor(Executor):
                     if self.address is not None
                     else "check the Ray installation (`ray --version`)"
                 )
-                raise SearchError(
-                    f"could not start or join {where}: {type(e).__name__}: {e}; {hint}"
-                ) from None
+                why = f"{type(e).__name__}: {e}"
+                cause = e.__cause__ or e.__context__
+                if cause is not None:  # ray.init wraps the reason (e.g. an AuthenticationError)
+                    why += f" (because {type(cause).__name__}: {_gist(cause)})"
+                if "auth" in why.lower():
+                    hint = (
+                        "the cluster uses token authentication: export RAY_AUTH_MODE=token and make its "
+                        "token available (~/.ray/auth_token or RAY_AUTH_TOKEN; `ray get-auth-token` on "
+                        "the head prints it)"
+                    )
+                raise SearchError(f"could not start or join {where}: {why}; {hint}") from None
             self._owns_ray = True
         total = ray.cluster_resources()
         short = []
