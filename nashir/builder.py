@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from nashir.errors import OpError
 from nashir.ir import Graph, Value
 
 
@@ -34,6 +35,10 @@ class GraphBuilder:
         seed: seeds weight initialisation.
         batch: the batch dimension (symbol ``"N"`` by default, or an int).
         input_name: name of the data input.
+
+    Every layer method raises what :meth:`~nashir.ir.Graph.add_node` raises (``OpError``,
+    ``ShapeError``, ``GraphError``: a bad size, a taken name, shapes that do not fit) and then leaves
+    the graph unchanged, the weights it made for the layer included.
     """
 
     def __init__(self, name: str = "net", input_shape: Sequence[int] = (3, 32, 32), seed: int = 0,
@@ -41,6 +46,17 @@ class GraphBuilder:
         self.graph = Graph(name)
         self.rng = np.random.default_rng(seed)
         self.input = self.graph.add_input(input_name, (batch, *input_shape))
+
+    def _add(self, op_type: str, inputs: list, attrs: dict, name: str) -> Value:
+        """``graph.add_node``; when it raises, the weight constants just made for the node are removed
+        again, so a failed builder call leaves the graph unchanged."""
+        try:
+            return self.graph.add_node(op_type, inputs, attrs, name=name).output
+        except BaseException:
+            for v in inputs[1:]:
+                if v is not None and v.is_const and not v.uses and self.graph.values.get(v.name) is v:
+                    del self.graph.values[v.name]
+            raise
 
     # ----------------------------------------------------------------- layers
     def conv(self, x: Value, out_channels: int, kernel: int | Sequence[int] = 3,
@@ -62,6 +78,11 @@ class GraphBuilder:
                 p = p * 2
         cin = x.shape[1]
         name = name or self.graph.auto_node_name("Conv")
+        if out_channels < 1 or group < 1 or min(k) < 1:
+            raise OpError(
+                f"node {name!r} (Conv): out_channels={out_channels}, kernel={k} and group={group} must be "
+                ">= 1"
+            )
         fan_in = cin // group * k[0] * k[1]
         std = np.sqrt(2.0 / max(fan_in, 1))
         w = self.rng.normal(0, std, (out_channels, cin // group, *k)).astype(np.float32)
@@ -69,9 +90,8 @@ class GraphBuilder:
         if bias:
             ins.append(self.graph.add_const(self.rng.normal(0, 0.01, out_channels).astype(np.float32),
                                             f"{name}.bias"))
-        node = self.graph.add_node("Conv", ins, {"kernel_shape": k, "strides": _pair(stride), "pads": p,
-                                                "dilations": d, "group": group}, name=name)
-        return node.output
+        return self._add("Conv", ins, {"kernel_shape": k, "strides": _pair(stride), "pads": p,
+                                       "dilations": d, "group": group}, name)
 
     def bn(self, x: Value, eps: float = 1e-5, random_stats: bool = False, name: str | None = None) -> Value:
         """BatchNormalization over channel axis 1; identity statistics unless ``random_stats``."""
@@ -84,7 +104,7 @@ class GraphBuilder:
             arrs = [np.ones(c), np.zeros(c), np.zeros(c), np.ones(c)]
         ins = [x] + [self.graph.add_const(a.astype(np.float32), f"{name}.{s}")
                      for a, s in zip(arrs, ("scale", "bias", "mean", "var"))]
-        return self.graph.add_node("BatchNormalization", ins, {"epsilon": eps}, name=name).output
+        return self._add("BatchNormalization", ins, {"epsilon": eps}, name)
 
     def relu(self, x: Value, name: str | None = None) -> Value:
         return self.graph.add_node("Relu", [x], name=name).output
@@ -124,11 +144,13 @@ class GraphBuilder:
         """Fully connected: ``Y = X @ W.T + b`` with ``W`` of shape ``[out_features, in_features]``."""
         fin = x.shape[1]
         name = name or self.graph.auto_node_name("Gemm")
+        if out_features < 1:
+            raise OpError(f"node {name!r} (Gemm): out_features={out_features} must be >= 1")
         w = self.rng.normal(0, np.sqrt(1.0 / fin), (out_features, fin)).astype(np.float32)
         ins = [x, self.graph.add_const(w, f"{name}.weight")]
         if bias:
             ins.append(self.graph.add_const(np.zeros(out_features, np.float32), f"{name}.bias"))
-        return self.graph.add_node("Gemm", ins, {"transB": 1}, name=name).output
+        return self._add("Gemm", ins, {"transB": 1}, name)
 
     def add(self, a: Value, b: Value, name: str | None = None) -> Value:
         return self.graph.add_node("Add", [a, b], name=name).output

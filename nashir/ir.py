@@ -230,11 +230,19 @@ class Graph:
 
     # ------------------------------------------------------------------ creating values
     def add_input(self, name: str, shape: Sequence[Dim], dtype: str = "float32") -> Value:
-        """Add a data input (NCHW). Raises GraphError if the name is taken or dtype unknown."""
+        """Add a data input (NCHW). Raises GraphError if the name is taken, the dtype unknown, or a
+        dimension is neither a positive int nor a symbol (a ``str`` such as ``"N"``)."""
         if name in self.values:
             raise GraphError(f"value name {name!r} is already used; pick another input name")
         if dtype not in _DTYPES:
             raise GraphError(f"input {name!r}: dtype {dtype!r} is not one of {sorted(_DTYPES)}")
+        bad = [d for d in shape if not (isinstance(d, str) or (isinstance(d, (int, np.integer))
+                                                               and not isinstance(d, bool) and d >= 1))]
+        if bad:
+            raise GraphError(
+                f"input {name!r}: shape {list(shape)} has dimension(s) {bad}; each must be a positive int or "
+                "a symbol such as 'N'"
+            )
         v = Value(name, tuple(shape), dtype)
         self.values[name] = v
         self.inputs.append(v)

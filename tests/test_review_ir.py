@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from nashir import GraphBuilder
-from nashir.errors import OpError, VerifyError
+from nashir.errors import GraphError, OpError, ShapeError, VerifyError
 
 
 def _net():
@@ -106,3 +106,57 @@ def test_attributes_that_are_not_a_dict_raise_op_error():
     with pytest.raises(OpError, match=match):
         g.add_node("Relu", ["relu_0"], [("alpha", 1)])
     _unchanged(g, before)
+
+
+# ------------------------------------------------------------------------------------------- builder
+
+
+def _builder():
+    b = GraphBuilder("t", input_shape=(4, 8, 8), seed=0)
+    return b, b.relu(b.input)
+
+
+@pytest.mark.parametrize(
+    "call,exc,match",
+    [
+        (lambda b, h: b.conv(h, 4, group=3), ShapeError, r"node 'conv_0' \(Conv\).*expects 3 input channels"),
+        (lambda b, h: b.conv(h, 4, kernel=20, pads=0), ShapeError, r"does not fit an input of 8"),
+        (lambda b, h: b.conv(h, 4, stride=0), ShapeError, r"strides \[0, 0\]"),
+        (lambda b, h: b.conv(h, 4, pads=[1, 1, 1]), ShapeError, r"pads needs 4 values"),
+        (lambda b, h: b.conv(h, 0), OpError, r"node 'conv_0' \(Conv\): out_channels=0"),
+        (lambda b, h: b.conv(h, 4, kernel=-1), OpError, r"kernel=\[-1, -1\]"),
+        (lambda b, h: b.conv(h, 4, group=0), OpError, r"group=0 must be >= 1"),
+        (lambda b, h: b.conv_bn_relu(h, 4, kernel=0), OpError, r"kernel=\[0, 0\]"),
+        (lambda b, h: b.conv(h, 4, name="relu_0"), GraphError, r"node name 'relu_0' is already used"),
+        (lambda b, h: b.gemm(h, 3), ShapeError, r"node 'gemm_0' \(Gemm\).*expected rank 2"),
+        (lambda b, h: b.gemm(b.graph.value("flatten_0"), 0), OpError, r"\(Gemm\): out_features=0"),
+    ],
+)
+def test_failed_builder_call_leaves_no_weights_behind(call, exc, match):
+    b, h = _builder()
+    b.flatten(h)
+    before = _snapshot(b.graph)
+    with pytest.raises(exc, match=match):
+        call(b, h)
+    assert set(b.graph.values) == set(before[1])
+    _unchanged(b.graph, before)
+
+
+def test_a_retry_after_a_failed_builder_call_gets_the_plain_names():
+    b, h = _builder()
+    with pytest.raises(ShapeError):
+        b.conv(h, 4, group=3)
+    out = b.conv(h, 4)
+    assert out.name == "conv_0"
+    assert {"conv_0.weight", "conv_0.bias"} <= set(b.graph.values)
+    assert "conv_0.weight_1" not in b.graph.values
+
+
+@pytest.mark.parametrize("shape", [(3, 0, 8), (3, -1, 8), (3, 8.0, 8), (3, True, 8), (3, None, 8)])
+def test_input_dimensions_must_be_positive_or_symbolic(shape):
+    from nashir import Graph
+
+    g = Graph("g")
+    with pytest.raises(GraphError, match=r"input 'x': shape .* each must be a positive int or a symbol"):
+        g.add_input("x", ("N", *shape))
+    assert g.inputs == [] and g.values == {}
