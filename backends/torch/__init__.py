@@ -28,7 +28,6 @@ from nashir.backends.torch.train import (
     sgdr_lr,
     train_module,
 )
-
 from nashir.errors import TrainingDiverged
 
 __all__ = [

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+
 from nashir.backends.torch.lower import to_torch, update_weights
 from nashir.backends.torch.train import TrainConfig, evaluate_module, train_module
-
 from nashir.data import Dataset
 from nashir.errors import DataError
 from nashir.ir import Graph
