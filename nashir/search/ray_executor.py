@@ -415,7 +415,7 @@ class RayExecutor(Executor):
                 job.candidate_id,
                 STATUS_FAILED,
                 reason=(
-                    f"the Ray worker was lost on all {self.max_retries + 1} attempts "
+                    f"the Ray worker was lost on every attempt ({self.max_retries + 1} in all) "
                     f"({type(e).__name__}: {first})"
                 ),
             )
