@@ -24,6 +24,15 @@ import nashir
 from nashir.errors import BackendError, NashirError
 from nashir.ir import Graph
 
+#: Model metadata key holding node ``meta`` entries that ONNX has no field for (JSON object
+#: node name -> {key: value}); only the keys in :data:`CARRIED_NODE_META` travel.
+NODE_META_KEY = "nashir.node_meta"
+#: Node ``meta`` keys kept through ONNX: Net2Deeper's BatchNorm calibration mark and a Dropout ratio.
+CARRIED_NODE_META = ("calibrate", "ratio")
+#: Model metadata key holding the input normalisation the network was trained with
+#: (JSON ``{"mean": [C floats], "std": [C floats]}``, in units of the raw stored pixel values).
+NORMALIZATION_KEY = "nashir.input_normalization"
+
 #: Default export opset (ONNX default domain) and the IR version that goes with it.
 EXPORT_OPSET = 17
 EXPORT_IR_VERSION = 8
@@ -125,6 +134,26 @@ def _attrs_for_opset(node, opset: int) -> dict:
     return out
 
 
+def _write_metadata(model: onnx.ModelProto, graph: Graph) -> None:
+    """Store what ONNX has no field for in ``model.metadata_props`` (read back by the importer)."""
+    import json
+
+    carried = {}
+    for nd in graph.nodes:
+        keep = {k: nd.meta[k] for k in CARRIED_NODE_META if k in nd.meta}
+        if keep:
+            carried[nd.name] = keep
+    if carried:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = NODE_META_KEY, json.dumps(carried, sort_keys=True)
+    norm = graph.meta.get("input_normalization")
+    if norm is not None:
+        entry = model.metadata_props.add()
+        entry.key = NORMALIZATION_KEY
+        entry.value = json.dumps({"mean": [float(x) for x in norm["mean"]],
+                                  "std": [float(x) for x in norm["std"]]})
+
+
 def to_onnx(graph: Graph, opset: int | None = None) -> onnx.ModelProto:
     """Lower an IR graph to an ONNX model.
 
@@ -157,6 +186,7 @@ def to_onnx(graph: Graph, opset: int | None = None) -> onnx.ModelProto:
     model.ir_version = ir_version_for(opset)
     model.producer_name = "nashir"
     model.producer_version = nashir.__version__
+    _write_metadata(model, graph)
     imp = model.opset_import.add()
     imp.domain, imp.version = "", opset
     gp = model.graph

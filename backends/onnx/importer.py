@@ -299,11 +299,39 @@ class _Importer:
                             "producer": self.model.producer_name})
         if self.fixed_batch is not None:
             self.g.meta["source_batch"] = self.fixed_batch
+        self._read_metadata()
         try:
             self.g.verify()
         except NashirError as e:
             raise self.fail(f"the imported graph does not verify: {e}") from None
         return self.g
+
+    def _read_metadata(self) -> None:
+        """Restore what nashir's exporter put in ``metadata_props``: node ``meta`` entries (Net2Deeper's
+        calibration mark, Dropout ratios) and the input normalisation. Malformed entries are ignored
+        (they are hints, not part of the network's function)."""
+        import json
+
+        from nashir.backends.onnx.exporter import CARRIED_NODE_META, NODE_META_KEY, NORMALIZATION_KEY
+
+        props = {p.key: p.value for p in self.model.metadata_props}
+        try:
+            carried = json.loads(props.get(NODE_META_KEY, "{}"))
+        except ValueError:
+            carried = {}
+        if isinstance(carried, dict):
+            for name, meta in carried.items():
+                nd = self.g._node_names.get(name)
+                if nd is not None and isinstance(meta, dict):
+                    nd.meta.update({k: v for k, v in meta.items() if k in CARRIED_NODE_META})
+        try:
+            norm = json.loads(props[NORMALIZATION_KEY]) if NORMALIZATION_KEY in props else None
+            if norm is not None:
+                norm = {"mean": [float(x) for x in norm["mean"]], "std": [float(x) for x in norm["std"]]}
+        except (ValueError, KeyError, TypeError):
+            norm = None
+        if norm is not None:
+            self.g.meta["input_normalization"] = norm
 
     # ---------------------------------------------------------------- initializers / external data
     def _read_initializers(self) -> None:
@@ -749,7 +777,14 @@ class _Importer:
     def _op_Dropout(self, node, a):
         self._unused_extra_outputs(node, "mask")
         attrs = {"seed": a["seed"]} if "seed" in a else {}
-        return self._simple(node, "Dropout", attrs)
+        out = self._simple(node, "Dropout", attrs)
+        ratio = a.get("ratio", 0.5) if self.opset < 12 else None
+        if self.opset >= 12:
+            arr = self.param(node, 1, "ratio", required=False)
+            ratio = 0.5 if arr is None else float(np.asarray(arr).reshape(-1)[0])
+        # The IR's Dropout is an inference no-op; the ratio is kept for training (torch lowering).
+        out.producer.meta["ratio"] = float(ratio)
+        return out
 
     def _op_Clip(self, node, a):
         x = self.data(node, 0)

@@ -181,6 +181,10 @@ def train(graph: Graph, data: Dataset, config: TrainConfig) -> tuple[Graph, list
         for n in marked:
             if module.nashir_modules[n.name] in done:
                 del n.meta[CALIBRATE_KEY]
+    # The network expects inputs normalised as (x - mean) / std per channel; the ONNX exporter keeps
+    # this in the model's metadata so that whoever deploys the model can reproduce it.
+    g.meta["input_normalization"] = {"mean": [float(x) for x in data.mean],
+                                     "std": [float(x) for x in data.std]}
     return g, history
 
 

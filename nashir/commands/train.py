@@ -112,9 +112,9 @@ def train(model, dataset, data_dir, epochs, lr_start, lr_end, batch_size, weight
 
     SGD with momentum and weight decay, the learning rate annealed per iteration from --lr-start
     to --lr-end by one cosine cycle (SGDR, Loshchilov & Hutter 2017), as NASH trains every
-    candidate. BatchNorm layers marked for identity calibration are calibrated on the first batch
-    (the mark lives in the graph, not in ONNX files: a model written by `nashir morph --deepen`
-    arrives here without it).
+    candidate. BatchNorm layers that `nashir morph --deepen` inserted are calibrated to the identity
+    on the first batch (the mark travels in the ONNX file's metadata). The output records the
+    input normalisation (per-channel mean and std) in its metadata.
 
     \b
     Example:
