@@ -177,6 +177,17 @@ def _data_input_of_per_channel(nd: Node) -> int:
     return 0
 
 
+def _broadcast_reason(nd: Node, data: Value) -> str | None:
+    """Why a per-channel node does not carry ``data``'s channels one to one (None when it does): an
+    Add/Mul whose constant has C > 1 channels broadcasts a 1-channel input to C channels, so its
+    output channels are not copies of its input channels."""
+    cin, cout = _int_dim(data, 1), _int_dim(nd.outputs[0], 1)
+    if cin is None or cin != cout:
+        return (f"{data.name!r} ({cin} channel(s)) flows into node {nd.name!r} ({nd.op_type}), whose "
+                f"constant broadcasts it to {cout} channels, so a change of its channels does not follow")
+    return None
+
+
 def _per_channel_arrays(nd: Node, data: Value, offset: int, block: int) -> list[PerChannelArray]:
     op = nd.op_type
     if op == "BatchNormalization":
@@ -237,7 +248,11 @@ def _trace_back(value: Value, offset: int, block: int, n: int) -> list[Node]:
         if beh == _ops.TRANSPARENT:
             stack.append((nd.inputs[0], o, b))
         elif beh == _ops.PER_CHANNEL:
-            stack.append((nd.inputs[_data_input_of_per_channel(nd)], o, b))
+            x = nd.inputs[_data_input_of_per_channel(nd)]
+            why = _broadcast_reason(nd, x)
+            if why is not None:
+                raise _Stop(f"a residual sum couples it with {v.name!r}: {why}")
+            stack.append((x, o, b))
         elif beh == _ops.COUPLER:
             stack.extend((x, o, b) for x in nd.inputs)
         elif beh == _ops.CONCAT:
@@ -297,6 +312,9 @@ def _sweep(graph: Graph, pos: dict[int, int], seeds: list[Value], n: int, couple
             if any(i != di for i, _ in carried):
                 raise _Stop(_blocker_reason(nd, carried[0][1]))
             data = nd.inputs[di]
+            why = _broadcast_reason(nd, data)
+            if why is not None:
+                raise _Stop(why)
             out = set(segs[id(data)])
             for o, b in sorted(out):
                 per_channel.extend(_per_channel_arrays(nd, data, o, b))

@@ -30,6 +30,10 @@ _FRESH_FILL = {
 }
 
 
+#: The most output channels net2wider gives a layer (int32 range, which onnxruntime and torch index).
+MAX_WIDTH = 2**31 - 1
+
+
 @dataclass(frozen=True)
 class NodeSite(Site):
     """A site at one node, by name (``str`` is the name)."""
@@ -176,12 +180,17 @@ class Net2Wider(Pass):
                  factors: tuple[float, ...] = (2, 4), split: str = "equal"):
         if width is not None and factor is not None:
             raise PassError("net2wider: give either width or factor, not both")
-        if width is not None and (int(width) != width or width < 1):
+        if width is not None and not (isinstance(width, (int, np.integer, float)) and math.isfinite(width)
+                                      and int(width) == width and width >= 1):
             raise PassError(f"net2wider: width must be a positive integer, got {width!r}")
-        if factor is not None and not factor > 1:
-            raise PassError(f"net2wider: factor must be larger than 1, got {factor!r}")
-        if not factors or any(not f > 1 for f in factors):
-            raise PassError(f"net2wider: every factor in factors must be larger than 1, got {factors!r}")
+        if width is not None and width > MAX_WIDTH:
+            raise PassError(f"net2wider: width {width!r} is larger than the most channels a layer may have "
+                            f"({MAX_WIDTH})")
+        if factor is not None and not (factor > 1 and math.isfinite(factor)):
+            raise PassError(f"net2wider: factor must be a finite number larger than 1, got {factor!r}")
+        if not factors or any(not (f > 1 and math.isfinite(f)) for f in factors):
+            raise PassError(
+                f"net2wider: every factor in factors must be a finite number larger than 1, got {factors!r}")
         if split not in SPLITS:
             raise PassError(f"net2wider: split must be one of {', '.join(SPLITS)}, got {split!r}")
         self.width = None if width is None else int(width)
@@ -196,7 +205,7 @@ class Net2Wider(Pass):
         f = self.factor
         if f is None:
             f = self.factors[int(rng.integers(len(self.factors)))] if rng is not None else self.factors[0]
-        return max(n + 1, int(math.ceil(n * f - 1e-9)))
+        return max(n + 1, int(math.ceil(min(n * f, MAX_WIDTH + 1.0) - 1e-9)))  # capped: check() refuses it
 
     def _node(self, graph: Graph, site: NodeSite) -> Node | str:
         try:
@@ -211,10 +220,17 @@ class Net2Wider(Pass):
         flow = channel_flow(graph, nd)
         if not flow.ok:
             return flow, flow.reason
-        if self.width is not None and self.width <= flow.width:
-            return flow, (f"the new width {self.width} is not larger than the current {flow.width} channels "
-                          f"of {nd.name!r}; give a larger width")
-        return flow, None
+        return flow, self._width_reason(nd, flow.width)
+
+    def _width_reason(self, nd: Node, n: int) -> str | None:
+        """Why the configured width or factor does not fit a producer of ``n`` channels (or None)."""
+        if self.width is not None and self.width <= n:
+            return (f"the new width {self.width} is not larger than the current {n} channels "
+                    f"of {nd.name!r}; give a larger width")
+        if self.factor is not None and self.target_width(n) > MAX_WIDTH:
+            return (f"factor {self.factor} would give {nd.name!r} more channels than a layer may have "
+                    f"({MAX_WIDTH}); give a smaller factor")
+        return None
 
     def check(self, graph: Graph, site: NodeSite) -> str | None:
         return self._flow(graph, site)[1]
@@ -234,7 +250,7 @@ class Net2Wider(Pass):
                 continue
             flow = channel_flow(graph, nd)
             seen.update(id(p) for p in flow.producers)
-            if flow.ok and (self.width is None or self.width > flow.width):
+            if flow.ok and self._width_reason(nd, flow.width) is None:
                 out.append(NodeSite(nd.name))
         return out
 

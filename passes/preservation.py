@@ -105,6 +105,7 @@ def _run_onnx(graph: Graph, feed: dict) -> list[np.ndarray]:
 
 def _run_torch(graph: Graph, feed: dict) -> list[np.ndarray]:
     import torch
+
     from nashir.backends.torch import to_torch
 
     mod = to_torch(graph)

@@ -124,7 +124,7 @@ def _same_file(a: Path, b: Path) -> bool:
               help="Apply any registered pass (plugins too) at SITE, as `--list-sites` prints it.")
 @click.option("--split", type=click.Choice(["equal", "random"]), default="equal", show_default=True,
               help="How widened channels share their outgoing weights.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed for the morphisms' random choices.")
 @click.option("-o", "--output", metavar="OUT.onnx", default=None,
               help="Output file [default: MODEL.morphed.onnx].")
@@ -167,6 +167,8 @@ def morph(ctx, model, widen, width, factor, deepen, kernel, skip_add, skip_conca
         if not out.parent.is_dir():
             raise MorphUsageError(
                 f"-o {str(out)!r}: folder {str(out.parent)!r} does not exist; create it first")
+        if out.is_dir():
+            raise MorphUsageError(f"-o {str(out)!r} is a folder; give a file name such as model.onnx")
     graph = load(model)
     original = graph.clone() if check else None
     rng = np.random.default_rng(seed)
@@ -191,7 +193,19 @@ def morph(ctx, model, widen, width, factor, deepen, kernel, skip_add, skip_conca
         reason = p.check(graph, site)
         if reason is not None:
             raise NotApplicable(f"{what}: {p.name} does not apply at {site}: {reason}")
-        res = p.apply(graph, site, rng)
+        try:
+            res = p.apply(graph, site, rng)
+        except MemoryError:
+            raise MorphUsageError(
+                f"{what}: {p.name} at {site} needs more memory than there is; give a smaller width or kernel"
+            ) from None
+        except NashirError:
+            raise
+        except Exception as e:  # a bug in a (plugin) pass: reported with its context, exit 2
+            before = ", ".join(done) or "none"
+            raise PassError(
+                f"{what}: {p.name} at {site} raised {type(e).__name__}: {e} (before it: {before}); this is a "
+                "bug in the pass (NASHIR_DEBUG=1 shows the traceback)") from e
         try:
             graph.verify()
         except VerifyError as e:
