@@ -208,3 +208,47 @@ def test_a_crashing_plugin_pass_exits_2_and_writes_nothing(model, tmp_path, monk
     monkeypatch.setattr(B, "_SOURCES", dict(B._SOURCES))
     args = ["--plugin", mod, "--widen", "c1", "--apply", f"{name}:r1", "-o", tmp_path / "o.onnx"]
     assert_bad_input(model, args, capsys, match)
+
+
+NEEDS_OPTIONS = '''
+from nashir.passes import Pass, register_pass
+
+
+@register_pass
+class NeedsK(Pass):
+    name = "review-needs-k"
+    exact = False
+    description = "a pass whose constructor needs k"
+
+    def __init__(self, k):
+        self.k = k
+
+    def sites(self, graph):
+        return []
+
+    def check(self, graph, site):
+        return "never"
+'''
+
+
+def test_a_plugin_pass_that_needs_options_does_not_break_the_listings(model, tmp_path, monkeypatch, capsys):
+    # before: `nashir passes` and `--list-sites` stopped with exit 2 at such a pass, listing nothing after it
+    (tmp_path / "review_needs_k.py").write_text(NEEDS_OPTIONS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    from nashir.passes import base as B
+
+    monkeypatch.setattr(B, "_REGISTRY", dict(B._REGISTRY))
+    monkeypatch.setattr(B, "_SOURCES", dict(B._SOURCES))
+    code, out, err = run_cli(["passes", "--plugin", "review_needs_k"], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert any(ln.startswith("review-needs-k") and "approx" in ln and "needs k" in ln for ln in lines)
+    assert any(ln.startswith("widen-kernel") for ln in lines)  # sorted after it, still listed
+    assert "review-needs-k" in err and "without options" in err
+    before = digest(model)
+    code, out, err = run_cli(["morph", model, "--plugin", "review_needs_k", "--list-sites"], capsys)
+    assert code == 0, err
+    assert "widen-kernel\tc1" in out and "review-needs-k" not in out
+    assert "review-needs-k" in err
+    assert digest(model) == before

@@ -216,7 +216,12 @@ def morph(ctx, model, widen, width, factor, deepen, kernel, skip_add, skip_conca
         click.echo(f"{p.name} at {site}: {_describe(res.info)}")
     if list_sites:
         for name in available_passes():
-            p = get_pass(name)
+            try:
+                p = get_pass(name)
+            except PassError as e:  # a plugin pass that cannot be built without options
+                click.echo(f"warning: {name}: no sites listed, it cannot be built without options ({e})",
+                           err=True)
+                continue
             for s in p.sites(graph):
                 click.echo(f"{name}\t{s}")
         if steps:
@@ -245,17 +250,22 @@ def _describe(info: dict) -> str:
 @click.option("--plugin", multiple=True, metavar="MODULE", help="Import MODULE first to register its passes.")
 def passes_cmd(plugin):
     """List the registered morphism passes (built-in, entry points, plugins)."""
+    from nashir.errors import PassError
     from nashir.passes import available_passes, get_pass, load_plugin, pass_source
-    from nashir.passes.base import PLUGIN_ERRORS
+    from nashir.passes.base import _REGISTRY, PLUGIN_ERRORS
 
     for mod in plugin:
         load_plugin(mod)
     names = available_passes()
     width = max(len(n) for n in names)
     for n in names:
-        p = get_pass(n)
-        kind = "exact" if p.exact else "approx"
-        click.echo(f"{n.ljust(width)}  {kind:6}  {p.description}  [{pass_source(n)}]")
+        try:
+            p = get_pass(n)
+        except PassError as e:  # a plugin pass that needs options: list it from its class attributes
+            p = _REGISTRY[n]
+            click.echo(f"warning: {n}: cannot be built without options ({e})", err=True)
+        kind = "exact" if getattr(p, "exact", True) else "approx"
+        click.echo(f"{n.ljust(width)}  {kind:6}  {getattr(p, 'description', '')}  [{pass_source(n)}]")
     for ep, err in sorted(PLUGIN_ERRORS.items()):
         click.echo(f"warning: entry point {ep!r} of group nashir.passes failed to load: {err}", err=True)
 
