@@ -307,7 +307,12 @@ for _op, _attrs, _sign in [
 
 
 def _clip_sign(node, nonneg):
+    """``Clip(x, lo, hi) = min(max(x, lo), hi)`` is >= 0 when ``max(x, lo) >= 0`` (x known non-negative
+    or lo >= 0) and the upper bound, if any, is >= 0."""
     lo = node.inputs[1] if len(node.inputs) > 1 else None
+    hi = node.inputs[2] if len(node.inputs) > 2 else None
+    if hi is not None and (hi.const is None or float(hi.const) < 0):
+        return False
     if lo is not None and lo.const is not None and float(lo.const) >= 0:
         return True
     return _all_nonneg(node, nonneg)

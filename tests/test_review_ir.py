@@ -160,3 +160,21 @@ def test_input_dimensions_must_be_positive_or_symbolic(shape):
     with pytest.raises(GraphError, match=r"input 'x': shape .* each must be a positive int or a symbol"):
         g.add_input("x", ("N", *shape))
     assert g.inputs == [] and g.values == {}
+
+
+def test_clip_sign_respects_the_upper_bound():
+    """Clip(relu(x), max=-1) is negative everywhere: Net2Deeper must not treat it as non-negative
+    (a Relu inserted there would change the function)."""
+    import numpy as np
+
+    from nashir import GraphBuilder
+    from nashir.ops import get_op
+
+    for lo, hi, expect in ((None, -1.0, False), (None, 6.0, True), (0.0, 6.0, True), (0.0, -1.0, False),
+                           (-1.0, 6.0, True)):
+        b = GraphBuilder("c", input_shape=(2, 4, 4))
+        h = b.relu(b.conv(b.input, 2))
+        lo_v = None if lo is None else b.graph.add_const(np.array(lo, np.float32), "lo")
+        hi_v = None if hi is None else b.graph.add_const(np.array(hi, np.float32), "hi")
+        nd = b.graph.add_node("Clip", [h, lo_v, hi_v])
+        assert get_op("Clip").sign(nd, [True, True, True]) is expect, (lo, hi)
