@@ -213,7 +213,8 @@ class RayExecutor(Executor):
 
     Args:
         address: ``None`` starts a local Ray instance (dashboard off) when Ray is not yet
-            initialised in this process, and shuts it down in :meth:`close`. ``"auto"`` or
+            initialised in this process, and shuts it down in :meth:`close` (unless the environment
+            variable ``RAY_ADDRESS`` names a cluster: then that one is joined). ``"auto"`` or
             ``"HOST:PORT"`` joins a running cluster (``ray start --head``), which is left running.
             When Ray is already initialised in this process (``ray.init`` called by the user),
             that instance is used and left alone.
@@ -288,6 +289,8 @@ class RayExecutor(Executor):
         if self._remote is not None:
             return
         ray = self._ray
+        if self.address is None and os.environ.get("RAY_ADDRESS"):
+            self.address = os.environ["RAY_ADDRESS"]  # Ray's convention: join the cluster it names
         if not ray.is_initialized():
             kw: dict[str, Any] = {"logging_level": logging.WARNING, **self.init_kwargs}
             if self.address is None:
