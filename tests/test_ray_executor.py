@@ -288,11 +288,34 @@ def test_workers_bounds_the_trials_at_once(ray_instance):
 
 
 @pytest.mark.slow
+def test_resources_no_node_has_warn_on_a_running_instance(ray_instance):
+    ex = make_executor("ray", gpus_per_trial=1)  # the shared instance has no GPU
+    with pytest.warns(RuntimeWarning, match="--gpus-per-trial 1 .* 0 GPUs in all.*wait until such a node"):
+        ex.start()
+    ex.close()
+    assert ray_instance.is_initialized()  # not started by the executor: left running
+
+
+def _has_gpu() -> bool:
+    torch = pytest.importorskip("torch")
+    return torch.cuda.is_available()
+
+
+@pytest.mark.slow
 def test_cli_ray_search_end_to_end(reference, tmp_path):
     """A fresh process: `nashir search --executor ray` starts its own local instance, trains, shuts
-    it down, and writes the in-process run's results."""
+    it down, and writes the in-process run's results (and refuses a GPU request without GPUs)."""
     out = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    if not _has_gpu():  # a local instance that can never run one trial is refused before any output
+        proc = subprocess.run(
+            [sys.executable, "-m", "nashir.cli", "search", "--executor", "ray", "--gpus-per-trial", "1",
+             "--out", str(out), "-q"],
+            capture_output=True, text=True, cwd=tmp_path, env=env,
+        )  # fmt: skip
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert "no Ray node can run a trial: --gpus-per-trial 1 (the Ray cluster has 0 GPUs" in proc.stderr
+        assert "Traceback" not in proc.stderr and not out.exists()
     proc = subprocess.run(
         [sys.executable, "-m", "nashir.cli", "search", *CLI_ARGS, "--executor", "ray", "--workers", "2",
          "--out", str(out), "--quiet"],
