@@ -6,8 +6,9 @@ those resources free. What travels: the job (the network as ONNX bytes, its trai
 :class:`~nashir.search.executor.DataSpec` naming the data set) to the worker, the
 :class:`~nashir.search.executor.Result` (trained network as ONNX bytes plus metrics) back. The data
 set itself never travels: a worker process loads it from its spec the first time it needs it and
-keeps it in a module-level cache for the tasks it runs after that. The driver (the search
-process) stays the only writer of the ledger and of the run folder.
+keeps it in a module-level cache for the tasks it runs after that. A task runs torch on
+``threads`` threads (default: its CPUs). The driver (the search process) stays the only writer of
+the ledger and of the run folder.
 
 Failures: a task whose worker process dies (killed, out of memory, segfault, node lost) is run
 again by Ray once (``max_retries=1``: Ray retries tasks after *system* failures, not after a
@@ -128,6 +129,12 @@ def _ray_task(job: Job, threads: int, job_fn: Callable[..., Result]) -> Result:
             reason=f"data set {job.data.dataset!r} could not be loaded on Ray node {node[:8]}: {e}",
             worker=worker,
         )
+    try:  # the whole task (training and the evaluations after it) on the trial's threads
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:  # run_job reports the missing backend as the job's failure
+        pass
     return job_fn(job, data, threads=threads, device=_task_device(job, gpu_ids), worker=worker)
 
 
