@@ -53,17 +53,21 @@ def config_for(variant: str, seed: int, threads: int | None):
 
 def run_one(variant: str, seed: int, out: str, threads: int | None) -> dict:
     t_start = time.perf_counter()
-    import nashir.backends.onnx  # noqa: F401
-    import nashir.backends.torch  # noqa: F401
     import torch  # noqa: F401  (imports are start-up, timed apart from the search)
 
+    import nashir.backends.onnx  # noqa: F401
+    import nashir.backends.torch  # noqa: F401
     from nashir.search import nash
     from nashir.search.executor import DataSpec
 
     cfg = config_for(variant, seed, threads)
     data = DataSpec(cfg.dataset, cfg.data_dir, seed=cfg.seed).load()
     startup = time.perf_counter() - t_start
+    load_before = os.getloadavg()[0]
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
     res = nash(None, data, cfg, run_dir=out, progress=False)
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     events = [json.loads(x) for x in (Path(out) / "log.jsonl").read_text().splitlines()]
     step_rss = [e["rss_mb"] for e in events if e["event"] == "step" and e.get("rss_mb") is not None]
     return {
@@ -80,6 +84,8 @@ def run_one(variant: str, seed: int, out: str, threads: int | None) -> dict:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "step_rss_mb": step_rss,
         "budget_epochs": cfg.budget_epochs(),
+        "cpu_s": cpu,
+        "load_avg": [load_before, os.getloadavg()[0]],
     }
 
 
@@ -122,7 +128,8 @@ def main(argv=None) -> int:
             print(
                 f"  {v:9s} seed {s}: test {100 * r['test_acc']:.2f}% "
                 f"(onnxruntime {100 * r['test_acc_onnx']:.2f}%), "
-                f"{r['params']:,} params, search {r['wall_s']:.1f} s (process {r['process_s']:.1f} s), "
+                f"{r['params']:,} params, search {r['wall_s']:.1f} s (process {r['process_s']:.1f} s, "
+                f"CPU {r['cpu_s']:.0f} s, load {r['load_avg'][0]:.1f}->{r['load_avg'][1]:.1f}), "
                 f"outside training {100 * r['outside_share']:.1f}%, peak RSS {r['peak_rss_mb']:.0f} MB, "
                 f"RSS per step {[round(x) for x in r['step_rss_mb']]} MB",
                 flush=True,

@@ -144,10 +144,10 @@ def test_existing_run_is_kept_on_bad_input(capsys, run_dir):
     # --resume with a flag that differs from the run's: the keys are listed
     _fails(
         capsys,
-        ["search", "--out", str(run_dir), "--resume", "--seed", "5", "--morphs", "3"],
+        ["search", "--out", str(run_dir), "--resume", "--seed", "5", "--morphs", "4"],
         "differing keys",
         "seed: ledger=0, given=5",
-        "n_nm: ledger=2, given=3",
+        "n_nm: ledger=3, given=4",
     )
     assert snapshot(run_dir) == before
 

@@ -101,9 +101,9 @@ class SearchConfig:
 
     dataset: str = "digits"
     data_dir: str | None = None
-    n_steps: int = 3
-    n_neigh: int = 4
-    n_nm: int = 2
+    n_steps: int = 5
+    n_neigh: int = 5
+    n_nm: int = 3
     epoch_neigh: int = 6
     epoch_final: int = 15
     epochs_init: int = 15
@@ -265,9 +265,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         batch_size=128,
     ),
     "demo": dict(
-        n_steps=3,
-        n_neigh=4,
-        n_nm=2,
+        n_steps=5,
+        n_neigh=5,
+        n_nm=3,
         epoch_neigh=6,
         epoch_final=15,
         epochs_init=15,

@@ -24,7 +24,6 @@ imports neither torch nor onnxruntime.
 
 from __future__ import annotations
 
-import gc
 import json
 import time
 import traceback
@@ -258,8 +257,6 @@ def run_job(
             reason=tb,
             worker=worker,
         )
-    finally:
-        gc.collect()
 
 
 class Executor(ABC):
