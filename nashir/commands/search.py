@@ -280,6 +280,10 @@ def search(ctx, **params):
             stored = led.config
     config = build_config(ctx, params, stored)
     executor = _make_executor(params, config)
+    if executor is None and config.device.strip().lower() != "auto":
+        from nashir.backends.torch.train import resolve_device
+
+        resolve_device(config.device)  # a bad or missing device is bad input: exit 2 before --force wipes
     if out is None:
         out = default_out(config.dataset, config.preset or "custom")
     out = Path(out)
