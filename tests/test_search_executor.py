@@ -85,6 +85,7 @@ def test_reinit_changes_the_weights(digits, net_bytes):
 def test_diverged_and_failed_jobs_do_not_raise(digits, net_bytes):
     div = run_job(Job("d", net_bytes, _train(1, lr_start=1e12), DataSpec("digits"), seed=0), digits)
     assert div.status == "diverged" and "loss became" in div.reason and div.onnx is None
+    assert 0 < div.train_seconds <= div.seconds  # time spent training before it diverged
     bad = run_job(Job("b", b"not an onnx model", _train(1), DataSpec("digits"), seed=0), digits)
     assert bad.status == "failed" and bad.reason
     meta = run_job(

@@ -130,7 +130,8 @@ class Result:
             split or did not finish).
         history: Per-epoch dicts from the trainer (epoch, loss, train_acc, val_acc, lr, seconds).
         seconds: Wall time of the whole job on the worker (load, train, evaluate, serialise), s.
-        train_seconds: Wall time of the training epochs (including the per-epoch validation), s.
+        train_seconds: Wall time of the training epochs (including the per-epoch validation), s; for
+            a job that diverged or failed while training, the time spent in the training call.
         eval_seconds: Wall time of the evaluations after training (``Job.evaluate``), s.
         metrics: Extra scores, ``<split>_acc`` and ``<split>_loss`` for each ``Job.evaluate`` split.
         reason: Why the job did not succeed (None when ok).
@@ -179,6 +180,11 @@ def run_job(
     """
     t0 = time.perf_counter()
     history: list[dict[str, Any]] = []
+    t_train: list[float] = []  # start of the training call, once it began
+
+    def spent_training() -> float:
+        return time.perf_counter() - t_train[0] if t_train else 0.0
+
     try:
         import onnx
 
@@ -200,6 +206,7 @@ def run_job(
         if device is not None:
             kw["device"] = device
         cfg = TrainConfig(**kw)
+        t_train.append(time.perf_counter())
         trained, history = ntorch.train(graph, data, cfg)
         train_seconds = float(sum(h.get("seconds") or 0.0 for h in history))
         val_acc = history[-1].get("val_acc") if history else None
@@ -235,6 +242,7 @@ def run_job(
             STATUS_DIVERGED,
             history=history,
             seconds=time.perf_counter() - t0,
+            train_seconds=spent_training(),
             reason=str(e),
             worker=worker,
         )
@@ -244,6 +252,7 @@ def run_job(
             STATUS_FAILED,
             history=history,
             seconds=time.perf_counter() - t0,
+            train_seconds=spent_training(),
             reason=f"{type(e).__name__}: {e}",
             worker=worker,
         )
@@ -254,6 +263,7 @@ def run_job(
             STATUS_FAILED,
             history=history,
             seconds=time.perf_counter() - t0,
+            train_seconds=spent_training(),
             reason=tb,
             worker=worker,
         )
