@@ -342,9 +342,9 @@ def test_candidate_ids_and_seeds():
 @pytest.mark.slow
 def test_tiny_real_search_on_digits(tmp_path, digits):
     import onnxruntime as ort
-    from nashir.backends.torch import evaluate
 
     from nashir import load
+    from nashir.backends.torch import evaluate
 
     cfg = _cfg(n_steps=2, n_neigh=3, n_nm=1, epoch_neigh=1, epochs_init=2, epoch_final=2, threads=1)
     res = nash(None, digits, cfg, run_dir=tmp_path / "run")
@@ -367,3 +367,40 @@ def test_tiny_real_search_on_digits(tmp_path, digits):
     ort_acc = float((logits.argmax(1) == digits.y_test).mean())
     assert abs(ort_acc - torch_acc) <= 0.002
     assert res.test_acc_onnx == pytest.approx(ort_acc)
+
+
+def test_a_run_being_written_by_another_search_is_refused(tmp_path, digits):
+    import fcntl
+    import os
+
+    run = tmp_path / "run"
+    nash(None, digits, _cfg(n_steps=0), executor=Scripted(lambda j: 0.5), run_dir=run, onnx_check=False)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    fd = os.open(run / "ledger.sqlite", os.O_RDONLY)  # what a running search holds
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for kw in (dict(resume=True), dict(force=True)):
+            with pytest.raises(SearchError, match="another nashir search is writing the run"):
+                nash(
+                    None,
+                    digits,
+                    _cfg(n_steps=0),
+                    executor=Scripted(lambda j: 0.5),
+                    run_dir=run,
+                    onnx_check=False,
+                    **kw,
+                )
+    finally:
+        os.close(fd)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    # released: resuming works again
+    res = nash(
+        None,
+        digits,
+        _cfg(n_steps=0),
+        executor=Scripted(lambda j: 0.5),
+        run_dir=run,
+        resume=True,
+        onnx_check=False,
+    )
+    assert res.best_id == "init"

@@ -185,6 +185,35 @@ def _clear_run(p: Path) -> None:
             q.unlink()
 
 
+def _lock_run(run_dir: Path):
+    """Take an exclusive advisory lock (``flock``) on the run's ledger file, so that two searches
+    never write one run. Returns the lock's file descriptor (None where ``fcntl`` is missing).
+
+    Raises:
+        SearchError: Another process holds the lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    fd = os.open(run_dir / LEDGER_NAME, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise SearchError(
+            f"another nashir search is writing the run in {run_dir} (its ledger is locked); wait for it to "
+            "finish or stop it, or choose another --out"
+        ) from None
+    return fd
+
+
+def _unlock(fd) -> None:
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
 class _Log:
     """Appends one JSON object per line to ``log.jsonl`` (flushed at every event)."""
 
@@ -362,20 +391,30 @@ def nash(
         "start_sha256": hashlib.sha256(start_blob).hexdigest(),
     }
 
-    if action == "resume":
-        ledger = Ledger.open(run_path)
-        diff = config_diff(ledger.config, stored_cfg)
-        if diff:
-            ledger.close()
-            raise SearchError(
-                f"--resume: the run in {run_path} was made with another configuration; differing keys:\n  "
-                + "\n  ".join(diff)
-                + "\nResume with the run's own settings, or start a new run (--out)"
-            )
-    else:
-        if action == "replace":
-            _clear_run(run_path)
-        ledger = Ledger.create(run_path, stored_cfg)
+    lock = None
+    if action in ("resume", "replace"):
+        lock = _lock_run(run_path)  # refuses while another search writes this run
+    try:
+        if action == "resume":
+            ledger = Ledger.open(run_path)
+            diff = config_diff(ledger.config, stored_cfg)
+            if diff:
+                ledger.close()
+                raise SearchError(
+                    f"--resume: the run in {run_path} was made with another configuration; "
+                    "differing keys:\n  "
+                    + "\n  ".join(diff)
+                    + "\nResume with the run's own settings, or start a new run (--out)"
+                )
+        else:
+            if action == "replace":
+                _clear_run(run_path)
+            ledger = Ledger.create(run_path, stored_cfg)
+            _unlock(lock)
+            lock = _lock_run(run_path)
+    except BaseException:
+        _unlock(lock)
+        raise
     own_executor = executor is None
     if executor is None:
         executor = InProcessExecutor(threads=config.threads, progress=progress)
@@ -405,6 +444,7 @@ def nash(
                 b.close()
         log.close()
         ledger.close()
+        _unlock(lock)
         if own_executor:
             executor.close()
         if tmp_holder is not None:
