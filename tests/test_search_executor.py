@@ -40,6 +40,7 @@ def _train(epochs=1, **kw):
 
 def test_run_job_trains_and_returns_onnx_and_metrics(digits, net_bytes):
     import onnx
+
     from nashir.backends.onnx import load
     from nashir.backends.torch import evaluate
 
