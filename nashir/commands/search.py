@@ -329,6 +329,10 @@ def search(ctx, **params):
             progress=not quiet,
             echo=echo,
         )
+    except KeyboardInterrupt:
+        if (out / "ledger.sqlite").is_file():
+            click.echo(f"\nthe run can be continued with: nashir search --resume --out {out}", err=True)
+        raise
     finally:
         if executor is not None:
             executor.close()
