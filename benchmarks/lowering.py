@@ -32,10 +32,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from nashir.backends.torch import to_torch
-from nashir.backends.torch.train import DeviceData, resolve_device
 
 from nashir import GraphBuilder
+from nashir.backends.torch import to_torch
+from nashir.backends.torch.train import DeviceData, resolve_device
 from nashir.data import Dataset
 
 WIDTHS = (32, 32, "M", 64, 64, "M", 128, "M")

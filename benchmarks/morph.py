@@ -28,10 +28,10 @@ import statistics
 import time
 
 import numpy as np
-from nashir.passes import NodeSite, SkipSite, ValueSite, get_pass
 
 from nashir import GraphBuilder
 from nashir.ir import Graph
+from nashir.passes import NodeSite, SkipSite, ValueSite, get_pass
 
 
 def resnet50conv(seed: int = 0) -> Graph:

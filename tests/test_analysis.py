@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from nashir.passes import channel_flow, is_layer_output, is_nonneg, layer_outputs, nonneg_values
 from test_passes_nets import concat_net, plain_net, residual_net
 
 from nashir import GraphBuilder
+from nashir.passes import channel_flow, is_layer_output, is_nonneg, layer_outputs, nonneg_values
 
 
 def _head(b: GraphBuilder, h):

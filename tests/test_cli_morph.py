@@ -9,12 +9,12 @@ import sys
 
 import numpy as np
 import pytest
-from nashir.passes import base as B
-from nashir.passes import check_preservation
 from test_passes_nets import plain_net
 
 import nashir
 from nashir.cli import main
+from nashir.passes import base as B
+from nashir.passes import check_preservation
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ import os
 
 import numpy as np
 import pytest
-from nashir.backends.onnx import load, save
-from nashir.backends.torch import evaluate
 
 from nashir import GraphBuilder
+from nashir.backends.onnx import load, save
+from nashir.backends.torch import evaluate
 from nashir.cli import main
 from nashir.data import load_dataset
 

@@ -8,10 +8,10 @@ import os
 import numpy as np
 import onnx
 import pytest
-from nashir.backends.onnx import EXPORT_IR_VERSION, EXPORT_OPSET, ExportError, model_bytes, run, save, to_onnx
 from test_onnx_support import assert_close, sha256, torch_reference
 
 from nashir import GraphBuilder
+from nashir.backends.onnx import EXPORT_IR_VERSION, EXPORT_OPSET, ExportError, model_bytes, run, save, to_onnx
 from nashir.ops import supported_ops
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from nashir.backends.onnx import from_onnx, run, save
 from onnx import TensorProto, helper, numpy_helper
 from test_onnx_support import assert_close
 
 import nashir
+from nashir.backends.onnx import from_onnx, run, save
 
 RNG = np.random.default_rng(0)
 NEWEST = onnx.defs.onnx_opset_version()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
-from nashir.backends.onnx import make_session, model_bytes, run, to_onnx
-from nashir.backends.onnx import runtime as rt
 
 from nashir import GraphBuilder
+from nashir.backends.onnx import make_session, model_bytes, run, to_onnx
+from nashir.backends.onnx import runtime as rt
 from nashir.errors import BackendError, ImportErrorONNX
 
 

@@ -10,10 +10,10 @@ import warnings
 import numpy as np
 import onnx
 import pytest
-from nashir.backends.onnx import run
 from test_onnx_support import assert_close
 
 import nashir
+from nashir.backends.onnx import run
 
 torch = pytest.importorskip("torch")
 nn = torch.nn

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from test_passes_nets import plain_net
+
+from nashir.errors import NotApplicable, PassError
 from nashir.passes import (
     Pass,
     PassManager,
@@ -19,9 +22,6 @@ from nashir.passes import (
     register_pass,
 )
 from nashir.passes import base as B
-from test_passes_nets import plain_net
-
-from nashir.errors import NotApplicable, PassError
 
 BUILTIN = ["add-skip", "concat-skip", "net2deeper", "net2wider", "widen-kernel"]
 

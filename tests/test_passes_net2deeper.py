@@ -6,13 +6,13 @@ import json
 
 import numpy as np
 import pytest
-from nashir.passes import Sequential, ValueSite, check_preservation, get_pass
-from nashir.passes import net2deeper as D
-from nashir.passes.transforms import identity_conv_weight
 from test_passes_nets import plain_net, residual_net
 
 from nashir import GraphBuilder
 from nashir.errors import NotApplicable, PassError
+from nashir.passes import Sequential, ValueSite, check_preservation, get_pass
+from nashir.passes import net2deeper as D
+from nashir.passes.transforms import identity_conv_weight
 
 
 def deepen(g, value, seed=0, **opts):

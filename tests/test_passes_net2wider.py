@@ -7,12 +7,12 @@ import json
 
 import numpy as np
 import pytest
-from nashir.passes import NodeSite, Sequential, check_preservation, get_pass
 from test_passes_nets import concat_net, plain_net, rand_bn, residual_net
 
 from nashir import GraphBuilder
 from nashir.errors import NotApplicable, PassError
 from nashir.ir import Graph
+from nashir.passes import NodeSite, Sequential, check_preservation, get_pass
 
 
 def widen(g, node, seed=0, **opts):

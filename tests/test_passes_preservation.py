@@ -6,13 +6,13 @@ import importlib.util
 
 import numpy as np
 import pytest
-from nashir.passes import check_preservation
-from nashir.passes.preservation import compare_outputs, random_inputs
 from test_passes_nets import plain_net
 
 import nashir
 from nashir import GraphBuilder
 from nashir.errors import BackendError
+from nashir.passes import check_preservation
+from nashir.passes.preservation import compare_outputs, random_inputs
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 

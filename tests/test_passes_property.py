@@ -15,10 +15,10 @@ import numpy as np
 import onnx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from nashir.backends.onnx import to_onnx
-from nashir.passes import Constraints, check_preservation, get_pass, sample_morphisms
 
 from nashir import GraphBuilder
+from nashir.backends.onnx import to_onnx
+from nashir.passes import Constraints, check_preservation, get_pass, sample_morphisms
 
 
 def _pads(k):

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from test_passes_nets import plain_net, residual_net
+
+from nashir.errors import PassError
 from nashir.passes import (
     SEARCH_PASSES,
     Constraints,
@@ -17,9 +20,6 @@ from nashir.passes import (
     get_pass,
     sample_morphisms,
 )
-from test_passes_nets import plain_net, residual_net
-
-from nashir.errors import PassError
 
 
 def test_does_not_modify_the_graph_and_records_are_json():

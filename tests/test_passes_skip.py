@@ -6,13 +6,13 @@ import json
 
 import numpy as np
 import pytest
-from nashir.passes import Sequential, SkipSite, check_preservation, get_pass
-from nashir.passes.skip import parse_skip
 from test_passes_nets import plain_net, residual_net
 
 from nashir import GraphBuilder
 from nashir.errors import GraphError, NotApplicable, PassError
 from nashir.ir import Graph
+from nashir.passes import Sequential, SkipSite, check_preservation, get_pass
+from nashir.passes.skip import parse_skip
 
 
 def skip(kind, g, src, dst, seed=0, **opts):

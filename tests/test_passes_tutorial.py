@@ -9,11 +9,10 @@ import shlex
 import sys
 from pathlib import Path
 
-from nashir.passes import base as B
-from nashir.passes import check_preservation
-
 import nashir
 from nashir.cli import main
+from nashir.passes import base as B
+from nashir.passes import check_preservation
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "writing-passes.md"
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from nashir.passes import NodeSite, Sequential, check_preservation, get_pass
-from nashir.passes import widen_kernel as WK
 from test_passes_nets import plain_net
 
 from nashir import GraphBuilder
 from nashir.errors import PassError
 from nashir.ir import Graph
+from nashir.passes import NodeSite, Sequential, check_preservation, get_pass
+from nashir.passes import widen_kernel as WK
 
 
 def test_structure():

@@ -15,10 +15,10 @@ import torch.fx
 import torch.nn as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nashir.backends.onnx import run as ort_run
-from nashir.backends.torch import lowerable_ops, module_name, to_torch, update_weights
 
 from nashir import GraphBuilder, ops
+from nashir.backends.onnx import run as ort_run
+from nashir.backends.torch import lowerable_ops, module_name, to_torch, update_weights
 from nashir.errors import BackendError
 from nashir.ir import Graph
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
+from nashir import GraphBuilder, ops
 from nashir.backends.onnx import run as ort_run
 from nashir.backends.torch import TrainConfig, calibration_hook, evaluate, to_torch, train
 from nashir.backends.torch.train import DeviceData
-
-from nashir import GraphBuilder, ops
 from nashir.data import load_dataset
 from nashir.errors import BackendError, DataError, TrainingDiverged
 from nashir.ir import Graph

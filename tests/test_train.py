@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+
 from nashir.backends.torch.train import (
     DeviceData,
     TrainConfig,
@@ -21,7 +22,6 @@ from nashir.backends.torch.train import (
     sgdr_lr,
     train_module,
 )
-
 from nashir.data import Dataset, load_dataset
 from nashir.errors import BackendError, DataError, NashirError, TrainingDiverged
 
