@@ -49,18 +49,7 @@ def make_jobs(epochs: int | None, seed: int):
     spec = DataSpec(cfg.dataset, cfg.data_dir, seed=cfg.seed)
     data = spec.load()
     parent = start_network(data.input_shape, data.num_classes, cfg.widths, seed=seed)
-    train = dict(
-        epochs=cfg.epoch_neigh,
-        lr_start=cfg.lr_start,
-        lr_end=cfg.lr_end,
-        momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay,
-        batch_size=cfg.batch_size,
-        sgdr=cfg.sgdr,
-        device="cpu",
-        train_split="train",
-        eval_split="val",
-    )
+    train = cfg.train_kwargs(epochs=cfg.epoch_neigh, device="cpu")
     jobs = []
     for j in range(1, cfg.n_neigh):
         rng = np.random.default_rng(np.random.SeedSequence([seed, 1, j, 0]))

@@ -228,6 +228,16 @@ class SearchConfig:
             )
         return cls(**d)
 
+    def train_kwargs(self, **overrides: Any) -> dict[str, Any]:
+        """Keyword arguments of :class:`nashir.backends.torch.train.TrainConfig` shared by every
+        candidate of the run (SGD with momentum and weight decay under SGDR, training on the train
+        split, scored on the validation split); ``epochs`` and ``seed`` are set per job."""
+        kw = dict(lr_start=self.lr_start, lr_end=self.lr_end, momentum=self.momentum,
+                  weight_decay=self.weight_decay, batch_size=self.batch_size, sgdr=self.sgdr,
+                  device=self.device, train_split="train", eval_split="val")
+        kw.update(overrides)
+        return kw
+
     def lineage_epochs(self) -> int:
         """Epochs the final model's lineage trains in total:
         ``epochs_init + n_steps * epoch_neigh + epoch_final``."""

@@ -483,17 +483,7 @@ def _drive(
         atomic_write(start_path, start_blob)
 
     stats = {"job": 0.0, "train": 0.0, "trained": []}
-    train_kw = dict(
-        lr_start=config.lr_start,
-        lr_end=config.lr_end,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        batch_size=config.batch_size,
-        sgdr=config.sgdr,
-        device=config.device,
-        train_split="train",
-        eval_split="val",
-    )
+    train_kw = config.train_kwargs()
 
     def record(res: Result) -> None:
         onnx_rel = None
