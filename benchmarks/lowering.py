@@ -7,7 +7,7 @@ Two measurements, each side by side in one run:
    hand-written ``nn.Sequential`` of the same architecture and the same weights. The two steps are
    interleaved (A B, then B A, ...) so that drifts of the machine hit both; the result is the ratio
    of the median step times (lowered / hand-written). Target: <= 1.05 on CPU.
-2. **Data pipeline.** Images per second that :class:`~nashir.backends.torch.train.DeviceData`
+2. **Data pipeline.** Images per second that :class:`~nashir.backends.torch.sgdr.DeviceData`
    serves (shuffled batches of CIFAR-sized uint8 images with random crop + flip augmentation and
    normalisation, on the device) against the images per second the model trains at (batch size /
    median step time from 1.). Target: >= 10x, so that the data never limits training.
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from nashir import GraphBuilder
 from nashir.backends.torch import to_torch
-from nashir.backends.torch.train import DeviceData, resolve_device
+from nashir.backends.torch.sgdr import DeviceData, resolve_device
 from nashir.data import Dataset
 
 WIDTHS = (32, 32, "M", 64, 64, "M", 128, "M")

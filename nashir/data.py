@@ -3,7 +3,7 @@
 :func:`load_dataset` returns a :class:`Dataset`: train / validation / test arrays, the number of
 classes, the per-channel normalisation and whether training batches are augmented. Nothing here
 downloads anything and nothing imports torch; the torch backend moves the arrays to the device
-once and normalises / augments per batch there (``nashir.backends.torch.train.DeviceData``).
+once and normalises / augments per batch there (``nashir.backends.torch.sgdr.DeviceData``).
 
 Accepted specs:
 

@@ -65,7 +65,7 @@ def test_dropout_ratio_is_kept_for_training():
 
 def test_trained_graph_records_its_input_normalization():
     from nashir.backends.torch import train
-    from nashir.backends.torch.train import TrainConfig
+    from nashir.backends.torch.sgdr import TrainConfig
     from nashir.data import load_dataset
 
     data = load_dataset("digits")

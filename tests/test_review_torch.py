@@ -12,7 +12,7 @@ import torch
 from nashir import GraphBuilder
 from nashir.backends.onnx import save
 from nashir.backends.torch import TrainConfig, TrainingDiverged, evaluate, train
-from nashir.backends.torch.train import TrainConfigError
+from nashir.backends.torch.sgdr import TrainConfigError
 from nashir.cli import main
 from nashir.data import load_dataset
 from nashir.errors import BackendError, DataError
@@ -193,7 +193,7 @@ def test_a_last_training_batch_of_one_image_is_merged():
     _, history = train(flat_bn_graph(), data, TrainConfig(epochs=1, batch_size=1078, device="cpu",
                                                           threads=1))
     assert np.isfinite(history[0]["loss"])
-    from nashir.backends.torch.train import DeviceData
+    from nashir.backends.torch.sgdr import DeviceData
 
     dd = DeviceData(data, "train", "cpu")
     sizes = [len(y) for _, y in dd.batches(1078, shuffle=True)]

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from nashir import GraphBuilder, ops
 from nashir.backends.onnx import run as ort_run
 from nashir.backends.torch import TrainConfig, calibration_hook, evaluate, to_torch, train
-from nashir.backends.torch.train import DeviceData
+from nashir.backends.torch.sgdr import DeviceData
 from nashir.data import load_dataset
 from nashir.errors import BackendError, DataError, TrainingDiverged
 from nashir.ir import Graph

@@ -1,4 +1,4 @@
-"""Tests of nashir.backends.torch.train: SGDR schedule, device augmentation, training loop (CPU)."""
+"""Tests of nashir.backends.torch.sgdr: SGDR schedule, device augmentation, training loop (CPU)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from nashir.backends.torch.train import (
+from nashir.backends.torch.sgdr import (
     DeviceData,
     TrainConfig,
     TrainConfigError,

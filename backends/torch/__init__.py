@@ -4,7 +4,7 @@
   submodule per IR node; :func:`update_weights` writes trained weights back.
 * :func:`train` trains a copy of a graph (SGD + momentum + weight decay under SGDR) and returns it
   with the per-epoch history; :func:`evaluate` scores a graph on a split.
-* :mod:`nashir.backends.torch.train` holds the module-level loop (:class:`TrainConfig`,
+* :mod:`nashir.backends.torch.sgdr` holds the module-level loop (:class:`TrainConfig`,
   :func:`train_module`, :func:`evaluate_module`, device-resident data and augmentation).
 
 Importing this package imports torch; ``import nashir`` does not.
@@ -20,7 +20,7 @@ from nashir.backends.torch.lower import (
     to_torch,
     update_weights,
 )
-from nashir.backends.torch.train import (
+from nashir.backends.torch.sgdr import (
     DeviceData,
     TrainConfig,
     evaluate_module,

@@ -3,7 +3,7 @@
 :func:`train` is what NASH's hill climbing calls for every neighbour (Elsken et al. 2018, arXiv
 1711.04528, Algorithm 1, ``TrainSGDR``): the graph is lowered with
 :func:`~nashir.backends.torch.lower.to_torch`, trained with SGD + momentum + weight decay under
-SGDR (:func:`~nashir.backends.torch.train.train_module`), and the trained weights and BatchNorm
+SGDR (:func:`~nashir.backends.torch.sgdr.train_module`), and the trained weights and BatchNorm
 running statistics are written into a copy of the graph.
 """
 
@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from nashir.backends.torch.lower import to_torch, update_weights
-from nashir.backends.torch.train import TrainConfig, evaluate_module, train_module
+from nashir.backends.torch.sgdr import TrainConfig, evaluate_module, train_module
 from nashir.data import Dataset
 from nashir.errors import DataError
 from nashir.ir import Graph
@@ -92,7 +92,7 @@ def calibration_hook(module: nn.Module, bn_modules: dict[str, nn.Module]):
         bn_modules: submodule name -> BatchNorm module to calibrate.
 
     Returns:
-        ``fn(module, xb)`` for :func:`~nashir.backends.torch.train.train_module`'s
+        ``fn(module, xb)`` for :func:`~nashir.backends.torch.sgdr.train_module`'s
         ``on_first_batch``; after it ran, ``fn.calibrated`` lists the calibrated submodule names.
     """
 
@@ -143,7 +143,7 @@ def train(graph: Graph, data: Dataset, config: TrainConfig) -> tuple[Graph, list
     SGD with momentum (Nesterov optional) and coupled weight decay, the learning rate annealed per
     iteration by SGDR (Loshchilov & Hutter 2017, arXiv 1608.03983, eq. 5), one cosine cycle per
     call as NASH does unless ``config.t_0`` asks for warm restarts (see
-    :class:`~nashir.backends.torch.train.TrainConfig` for every knob and the defaults:
+    :class:`~nashir.backends.torch.sgdr.TrainConfig` for every knob and the defaults:
     momentum 0.9, weight decay 5e-4, batch 128). BatchNormalization nodes marked
     ``node.meta["calibrate"] == "identity"`` (Net2DeeperNet) are calibrated on the first training
     batch (:func:`calibration_hook`) and the mark is removed from the returned graph (it stays

@@ -849,7 +849,7 @@ def to_torch(graph: Graph, device: str | torch.device | None = None) -> LoweredM
     gm.nashir_weights = weights
     gm.nashir_inputs = [v.name for v in graph.inputs]
     if device is not None:
-        from nashir.backends.torch.train import resolve_device
+        from nashir.backends.torch.sgdr import resolve_device
 
         gm.to(resolve_device(device))
     return gm

@@ -281,7 +281,7 @@ def search(ctx, **params):
     config = build_config(ctx, params, stored)
     executor = _make_executor(params, config)
     if executor is None and config.device.strip().lower() != "auto":
-        from nashir.backends.torch.train import resolve_device
+        from nashir.backends.torch.sgdr import resolve_device
 
         resolve_device(config.device)  # a bad or missing device is bad input: exit 2 before --force wipes
     if out is None:

@@ -229,7 +229,7 @@ class SearchConfig:
         return cls(**d)
 
     def train_kwargs(self, **overrides: Any) -> dict[str, Any]:
-        """Keyword arguments of :class:`nashir.backends.torch.train.TrainConfig` shared by every
+        """Keyword arguments of :class:`nashir.backends.torch.sgdr.TrainConfig` shared by every
         candidate of the run (SGD with momentum and weight decay under SGDR, training on the train
         split, scored on the validation split); ``epochs`` and ``seed`` are set per job."""
         kw = dict(lr_start=self.lr_start, lr_end=self.lr_end, momentum=self.momentum,

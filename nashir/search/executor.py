@@ -94,7 +94,7 @@ class Job:
     Attributes:
         candidate_id: The ledger id of the candidate (e.g. ``s2-c5``).
         onnx: The network as ONNX model bytes (input NCHW float32, output logits).
-        train: Keyword arguments of :class:`nashir.backends.torch.train.TrainConfig` (epochs,
+        train: Keyword arguments of :class:`nashir.backends.torch.sgdr.TrainConfig` (epochs,
             lr_start, lr_end, momentum, weight_decay, batch_size, sgdr, device, train_split,
             eval_split); ``seed``, ``threads`` and ``progress`` are set by the executor.
         data: The data set to train on.
@@ -190,7 +190,7 @@ def run_job(
 
         from nashir.backends import onnx as nonnx
         from nashir.backends import torch as ntorch
-        from nashir.backends.torch.train import TrainConfig
+        from nashir.backends.torch.sgdr import TrainConfig
 
         graph = nonnx.load(onnx.load_model_from_string(job.onnx))
         for name, meta in job.node_meta.items():
