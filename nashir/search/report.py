@@ -246,7 +246,8 @@ def _plot_lineage(run: dict[str, Any], plt) -> Any:
             label="diverged / failed / pending",
         )
     if fin or bad:
-        ax.legend(fontsize=8, loc="upper left")
+        # Below the axes, so that it never hides a candidate or a label (the data fill the corners).
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     for c in cands:
         if c["id"] in winners:
             ax.annotate(c["id"], pos[c["id"]], textcoords="offset points", xytext=(4, 6), fontsize=7)
@@ -262,15 +263,27 @@ def _plot_params(run: dict[str, Any], plt) -> Any:
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     ok = [c for c in run["candidates"] if c["status"] == "ok" and c["val_acc"] is not None and c["params"]]
     if ok:
+        from matplotlib.colors import BoundaryNorm
+        from matplotlib.ticker import MaxNLocator
+
+        # Steps are integers: one colour per step (bins centred on the integers), integer ticks.
+        lo = min(int(c["step"]) for c in ok)
+        hi = max(int(c["step"]) for c in ok)
+        cmap = plt.get_cmap("plasma", hi - lo + 1)
+        norm = BoundaryNorm([k - 0.5 for k in range(lo, hi + 2)], cmap.N)
         sc = ax.scatter(
             [c["params"] for c in ok],
             [100 * c["val_acc"] for c in ok],
             c=[c["step"] for c in ok],
-            cmap="plasma",
+            cmap=cmap,
+            norm=norm,
             edgecolors="k",
             zorder=3,
         )
-        fig.colorbar(sc, ax=ax, label="step")
+        cb = fig.colorbar(sc, ax=ax, label="step")
+        ticks = [t for t in MaxNLocator(integer=True).tick_values(lo, hi) if lo <= t <= hi]
+        cb.set_ticks(ticks)
+        cb.set_ticklabels([str(int(t)) for t in ticks])
         ax.set_xscale("log")
     ax.set_xlabel("parameters")
     ax.set_ylabel("validation accuracy (%)")
