@@ -185,6 +185,18 @@ def run_job(
     def spent_training() -> float:
         return time.perf_counter() - t_train[0] if t_train else 0.0
 
+    def unfinished(status: str, reason: str) -> Result:
+        """The result of a job that did not finish training (no model, no accuracy)."""
+        return Result(
+            job.candidate_id,
+            status,
+            history=history,
+            seconds=time.perf_counter() - t0,
+            train_seconds=spent_training(),
+            reason=reason,
+            worker=worker,
+        )
+
     try:
         import onnx
 
@@ -237,36 +249,11 @@ def run_job(
             worker=worker,
         )
     except TrainingDiverged as e:
-        return Result(
-            job.candidate_id,
-            STATUS_DIVERGED,
-            history=history,
-            seconds=time.perf_counter() - t0,
-            train_seconds=spent_training(),
-            reason=str(e),
-            worker=worker,
-        )
+        return unfinished(STATUS_DIVERGED, str(e))
     except NashirError as e:
-        return Result(
-            job.candidate_id,
-            STATUS_FAILED,
-            history=history,
-            seconds=time.perf_counter() - t0,
-            train_seconds=spent_training(),
-            reason=f"{type(e).__name__}: {e}",
-            worker=worker,
-        )
+        return unfinished(STATUS_FAILED, f"{type(e).__name__}: {e}")
     except Exception as e:  # a broken network must not stop the search; the reason is recorded
-        tb = traceback.format_exception_only(type(e), e)[-1].strip()
-        return Result(
-            job.candidate_id,
-            STATUS_FAILED,
-            history=history,
-            seconds=time.perf_counter() - t0,
-            train_seconds=spent_training(),
-            reason=tb,
-            worker=worker,
-        )
+        return unfinished(STATUS_FAILED, traceback.format_exception_only(type(e), e)[-1].strip())
 
 
 class Executor(ABC):
