@@ -748,18 +748,18 @@ def _run_step(
             reason = f"no morphism could be applied ({note or 'none applicable'})"
         kind_args = dict(seed=tseed, epochs=config.epoch_neigh)
         if reason is not None:
+            # No child was built when morphing raised or no morphism applied (say every one would
+            # break --max-params): ``child`` is then the parent, whose size would be misleading on
+            # this row, so the size is left NULL. A morphed child that failed later (verify,
+            # export) keeps its own size when it can be computed.
+            size: tuple[int | None, int | None] = (None, None)
+            if applied:
+                try:
+                    size = (child.param_count(), child.mac_count())
+                except Exception:  # a broken graph: its size is unknown
+                    size = (None, None)
             with ledger.transaction():
-                ledger.add_candidate(
-                    cid,
-                    step,
-                    j,
-                    "child",
-                    best_id,
-                    list(applied),
-                    child.param_count(),
-                    child.mac_count(),
-                    **kind_args,
-                )
+                ledger.add_candidate(cid, step, j, "child", best_id, list(applied), *size, **kind_args)
                 ledger.finish_candidate(cid, "failed", reason=reason)
             log.event("candidate", id=cid, status="failed", reason=reason)
             continue

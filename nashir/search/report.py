@@ -51,6 +51,11 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}"
 
 
+def _count(v: int | None) -> str:
+    """``12,345``; ``-`` for a size that is unknown (a child that was never built)."""
+    return "-" if v is None else f"{v:,}"
+
+
 def format_summary(
     steps: list[dict[str, Any]], test_acc: float | None = None, test_acc_onnx: float | None = None
 ) -> str:
@@ -63,8 +68,8 @@ def format_summary(
                 str(s["step"]),
                 str(s["best"]),
                 _pct(s.get("best_val_acc")),
-                f"{s.get('params') or 0:,}",
-                f"{s.get('macs') or 0:,}",
+                _count(s.get("params")),
+                _count(s.get("macs")),
                 format_morphisms(s.get("morphisms")),
             )
         )
@@ -378,7 +383,7 @@ def _markdown(run: dict[str, Any], out: Path) -> str:
         morphs = format_morphisms(c["morphisms"]).replace("|", "/")
         lines.append(
             f"| {c['id']} | {c['step']} | {c['kind']} | {c['parent'] or '-'} | {morphs} | "
-            f"{c['params'] or 0:,} | {c['macs'] or 0:,} | {_pct(c['val_acc'])} | {_pct(c['test_acc'])} | "
+            f"{_count(c['params'])} | {_count(c['macs'])} | {_pct(c['val_acc'])} | {_pct(c['test_acc'])} | "
             f"{secs} | {status} |"
         )
     lines += ["", "## Configuration", "", "| key | value |", "|---|---|"]
