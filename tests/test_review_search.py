@@ -42,3 +42,26 @@ def test_cuda_without_cuda_exits_2_and_writes_nothing(tmp_path, capsys):
     assert code == 2, err
     assert "CUDA" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_child_over_max_params_is_failed_with_no_size(tmp_path, capsys):
+    # a child that no morphism could keep under --max-params was recorded with its parent's size,
+    # which read as a child within the limit; it has no size (NULL) and says why
+    import sqlite3
+
+    from nashir.search import start_network
+
+    start = start_network((1, 8, 8), 10, (4, 8, 8), seed=0).param_count()
+    out = tmp_path / "run"
+    args = ["search", "--steps", "1", "--neighbors", "3", "--morphs", "1", "--epochs-neighbor", "1",
+            "--epochs-init", "0", "--epochs-final", "0", "--widths", "4,8,8", "--threads", "1",
+            "--max-params", str(start + 1), "--out", str(out), "--quiet"]
+    assert main(args) == 0, capsys.readouterr().err
+    con = sqlite3.connect(out / "ledger.sqlite")
+    query = "SELECT id, kind, status, params, macs, reason FROM candidates WHERE step = 1"
+    rows = con.execute(query).fetchall()
+    children = [r for r in rows if r[1] == "child"]
+    assert children and all(r[2] == "failed" for r in children), rows
+    assert all(r[3] is None and r[4] is None and "max_params" in r[5] for r in children), rows
+    incumbent = [r for r in rows if r[1] == "incumbent"]
+    assert incumbent and incumbent[0][3] == start
