@@ -101,12 +101,19 @@ def remap_channels(graph: Graph, flow: ChannelFlow, local_idx: np.ndarray,
             put(p, 1, take_channels(cur(p, 1), local_idx, 0))
             if len(p.inputs) > 2 and p.inputs[2] is not None:
                 put(p, 2, take_channels(cur(p, 2), local_idx, -1))
-    maps: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    # segments of every carried value, gathered in one pass over flow.carried (flow.segments scans it
+    # per call); maps are shared by all values with the same axis length and segments (the common
+    # case: every value of a residual stream carries the source channels as (0, 1) of an n-axis)
+    segs_of: dict[int, list[tuple[int, int]]] = {}
+    for c in flow.carried:
+        segs_of.setdefault(id(c.value), []).append((c.offset, c.block))
+    maps: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
     def value_map(v) -> tuple[np.ndarray, np.ndarray]:
-        if id(v) not in maps:
-            maps[id(v)] = segment_map(int(v.shape[1]), flow.segments(v), n, local_idx, local_weight)
-        return maps[id(v)]
+        key = (int(v.shape[1]), tuple(sorted(segs_of.get(id(v), ()))))
+        if key not in maps:
+            maps[key] = segment_map(key[0], key[1], n, local_idx, local_weight)
+        return maps[key]
 
     done_pc: set[tuple[int, int]] = set()
     for a in flow.per_channel:

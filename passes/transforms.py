@@ -116,8 +116,9 @@ def take_channels(arr: np.ndarray, idx: np.ndarray, axis: int = 0, fill: float =
     """
     idx = np.asarray(idx, dtype=np.int64)
     fresh = idx < 0
-    out = np.take(arr, np.where(fresh, 0, idx), axis=axis)
-    if fresh.any():
+    any_fresh = bool(fresh.any())
+    out = np.take(arr, np.where(fresh, 0, idx) if any_fresh else idx, axis=axis)
+    if any_fresh:
         sl = [slice(None)] * arr.ndim
         sl[axis] = fresh
         out[tuple(sl)] = fill
