@@ -655,7 +655,7 @@ def _drive(
     if onnx_check and ort_acc is None:
         ort_acc = _ort_accuracy(best_path, data)
         ledger.set_meta("test_acc_onnx", ort_acc)
-    steps = _step_rows(ledger)
+    steps = step_rows(ledger)
     ledger.set_meta(
         "final",
         {
@@ -827,33 +827,19 @@ def _run_step(
     return new_id, new_val, (best_blob if new_id == best_id else read_blob(new_id))
 
 
-def _step_rows(ledger: Ledger) -> list[dict[str, Any]]:
-    """Step 0 (start network) and every finished step with its winner's size and morphisms."""
+def step_rows(ledger: Ledger) -> list[dict[str, Any]]:
+    """Step 0 (the start network, once trained) and every finished step with its winner's size and
+    morphisms: the rows of :attr:`SearchResult.steps`, the summary table and the report."""
     out = []
     init = ledger.candidate(INIT_ID)
-    if init is not None:
-        out.append(
-            {
-                "step": 0,
-                "best": INIT_ID,
-                "best_val_acc": init["val_acc"],
-                "params": init["params"],
-                "macs": init["macs"],
-                "morphisms": [],
-            }
-        )
+    if init is not None and init["status"] == "ok":
+        out.append({"step": 0, "best": INIT_ID, "best_val_acc": init["val_acc"], "params": init["params"],
+                    "macs": init["macs"], "morphisms": []})
     for s in ledger.steps():
-        row = ledger.candidate(s["best"])
-        out.append(
-            {
-                "step": s["step"],
-                "best": s["best"],
-                "best_val_acc": s["best_val_acc"],
-                "params": row["params"],
-                "macs": row["macs"],
-                "morphisms": row["morphisms"] if row["step"] == s["step"] else [],
-            }
-        )
+        row = ledger.candidate(s["best"]) or {}
+        out.append({"step": s["step"], "best": s["best"], "best_val_acc": s["best_val_acc"],
+                    "params": row.get("params"), "macs": row.get("macs"),
+                    "morphisms": row.get("morphisms") if row.get("step") == s["step"] else []})
     return out
 
 

@@ -105,44 +105,17 @@ def load_run(run_dir: str | os.PathLike) -> dict[str, Any]:
     Raises:
         SearchError: ``run_dir`` is not a nashir run.
     """
-    from nashir.search.nash import INIT_ID
+    from nashir.search.nash import step_rows
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise SearchError(f"{run_dir} is not a folder; give the --out folder of a nashir search")
     with Ledger.open(run_dir, readonly=True) as led:
-        cands = led.candidates()
-        by_id = {c["id"]: c for c in cands}
-        steps = []
-        init = by_id.get(INIT_ID)
-        if init is not None and init["status"] == "ok":
-            steps.append(
-                {
-                    "step": 0,
-                    "best": INIT_ID,
-                    "best_val_acc": init["val_acc"],
-                    "params": init["params"],
-                    "macs": init["macs"],
-                    "morphisms": [],
-                }
-            )
-        for s in led.steps():
-            row = by_id.get(s["best"], {})
-            steps.append(
-                {
-                    "step": s["step"],
-                    "best": s["best"],
-                    "best_val_acc": s["best_val_acc"],
-                    "params": row.get("params"),
-                    "macs": row.get("macs"),
-                    "morphisms": row.get("morphisms") if row.get("step") == s["step"] else [],
-                }
-            )
         return {
             "run_dir": run_dir,
             "config": led.config,
-            "candidates": cands,
-            "steps": steps,
+            "candidates": led.candidates(),
+            "steps": step_rows(led),
             "final": led.get_meta("final"),
             "state": led.get_meta("state"),
         }
