@@ -193,3 +193,177 @@ def test_show_missing_path(tmp_path, capsys):
 
 def test_errors_are_nashir_errors_with_exit_code_2():
     assert issubclass(ImportErrorONNX, NashirError) and ImportErrorONNX.exit_code == 2
+
+
+# ------------------------------------------------------------- allocations sized by the claim, not the file
+
+
+def _sparse(path, size):
+    """A file of ``size`` bytes that takes no disk space (a hole)."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+@pytest.mark.parametrize("length", [None, ""])
+def test_external_data_in_a_huge_file_reads_only_the_tensor(tmp_path, length):
+    """A 432-byte tensor whose location is a 4 GiB file (no length given) reads its 432 bytes only."""
+    m, raw = _externalized(tmp_path, "w.bin")
+    t = m.graph.initializer[0]
+    if length is None:
+        del t.external_data[2]
+    else:
+        t.external_data[2].value = length
+    src = _write(tmp_path, m)
+    with open(_sparse(tmp_path / "w.bin", 4 << 30), "r+b") as f:
+        f.write(raw)
+    g = nashir.load(src)
+    assert np.array_equal(g.values["w"].const, np.ones((4, 3, 3, 3), np.float32))
+
+
+@pytest.mark.parametrize(
+    "key, value, match",
+    [
+        ("length", str(8 << 30), r"claims 8589934592 bytes in 'w\.bin', but its shape \[4, 3, 3, 3\] "
+                                 r"needs 432"),
+        ("length", "-5", r"length '-5' is not a byte count >= 0"),
+        ("offset", "-1", r"offset '-1' is not a byte count >= 0"),
+        ("offset", "ten", r"offset 'ten' is not a byte count >= 0"),
+        ("offset", str(4 << 30), r"'w\.bin' is truncated \(0 of 432 bytes at offset 4294967296\)"),
+    ],
+)
+def test_external_data_claims_are_checked_before_reading(tmp_path, capsys, key, value, match):
+    m, raw = _externalized(tmp_path, "w.bin")
+    for e in m.graph.initializer[0].external_data:
+        if e.key == key:
+            e.value = value
+    src = _write(tmp_path, m)
+    _sparse(tmp_path / "w.bin", 1 << 30)
+    check_bad(tmp_path, src, match, capsys)
+
+
+def test_external_data_of_a_huge_shape_in_a_small_file(tmp_path, capsys):
+    """A tensor claiming 2**34 floats: refused from the file's size, nothing read or allocated."""
+    m, raw = _externalized(tmp_path, "w.bin")
+    t = m.graph.initializer[0]
+    del t.dims[:]
+    t.dims.extend([1 << 17, 1 << 17])
+    del t.external_data[2]
+    src = _write(tmp_path, m)
+    (tmp_path / "w.bin").write_bytes(raw)
+    check_bad(tmp_path, src, r"'w\.bin' is truncated \(432 of 68719476736 bytes", capsys)
+
+
+def _folding_model(nodes, inits=(), out="b"):
+    """conv(x) + b, where b is computed by ``nodes`` from constants (named ``b``)."""
+    w = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"), *nodes,
+         helper.make_node("Add", ["c", out], ["y"], name="add")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[w, *inits],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def _i64(name, values):
+    return numpy_helper.from_array(np.array(values, np.int64), name)
+
+
+_HUGE = [1 << 20, 1 << 20]   # 2**40 values: 4 TiB of float32
+FOLDS = {
+    "ConstantOfShape": ([helper.make_node("ConstantOfShape", ["s"], ["b"], name="fill",
+                                          value=numpy_helper.from_array(np.ones(1, np.float32)))],
+                        [_i64("s", _HUGE)]),
+    "Expand": ([helper.make_node("Expand", ["one", "s"], ["b"], name="fill")],
+               [numpy_helper.from_array(np.ones(1, np.float32), "one"), _i64("s", _HUGE)]),
+    "Tile": ([helper.make_node("Tile", ["one", "s"], ["b"], name="fill")],
+             [numpy_helper.from_array(np.ones((1, 1), np.float32), "one"), _i64("s", _HUGE)]),
+    "Range": ([helper.make_node("Range", ["a", "z", "d"], ["r"], name="fill"),
+               helper.make_node("Cast", ["r"], ["b"], name="cast", to=TensorProto.FLOAT)],
+              [_i64("a", 0), _i64("z", 1 << 40), _i64("d", 1)]),
+    "Pad": ([helper.make_node("Pad", ["one", "p"], ["b"], name="fill")],
+            [numpy_helper.from_array(np.ones((1, 1), np.float32), "one"),
+             _i64("p", [0, 0, 1 << 20, 1 << 20])]),
+    "Mul broadcast": ([helper.make_node("Mul", ["u", "v"], ["b"], name="fill")],
+                      [numpy_helper.from_array(np.ones((5000, 1), np.float32), "u"),
+                       numpy_helper.from_array(np.ones((1, 20000), np.float32), "v")]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FOLDS))
+def test_constant_folding_is_bounded(tmp_path, capsys, kind):
+    """A model of a few hundred bytes asking constant folding for GBs is refused before allocating."""
+    nodes, inits = FOLDS[kind]
+    src = _write(tmp_path, _folding_model(nodes, inits))
+    assert src.stat().st_size < 4096 or kind == "Mul broadcast"
+    check_bad(tmp_path, src, r"node 'fill' \(\w+\) on constant inputs would make a [\d.]+ [GMT]iB constant.*"
+                             r"folding budget", capsys)
+
+
+def test_constant_folding_budget_counts_every_fold(tmp_path, capsys, monkeypatch):
+    """Many folds each under the budget, together over it: refused at the first one past it."""
+    from nashir.backends.onnx import importer
+
+    monkeypatch.setattr(importer, "MAX_FOLD_BYTES", 1 << 20)
+    nodes, inits = [], [_i64("s", [64, 1024])]   # 256 KiB each
+    for k in range(8):
+        nodes.append(helper.make_node("ConstantOfShape", ["s"], [f"f{k}"], name=f"fill{k}",
+                                      value=numpy_helper.from_array(np.zeros(1, np.float32))))
+    nodes.append(helper.make_node("Sum", [f"f{k}" for k in range(8)], ["s8"], name="sum"))
+    nodes.append(helper.make_node("ReduceSum", ["s8"], ["b"], name="red", keepdims=0))
+    src = _write(tmp_path, _folding_model(nodes, inits))
+    check_bad(tmp_path, src, r"node 'fill\d' \(ConstantOfShape\).*256\.0 KiB constant.*budget of 1\.0 MiB",
+              capsys)
+
+
+def test_folding_within_the_budget_still_works(tmp_path):
+    nodes = [helper.make_node("ConstantOfShape", ["s"], ["b"], name="fill",
+                              value=numpy_helper.from_array(np.full(1, 0.5, np.float32)))]
+    g = nashir.load(_write(tmp_path, _folding_model(nodes, [_i64("s", [1, 4, 1, 1])])))
+    assert [n.op_type for n in g.nodes] == ["Conv", "Add"]
+
+
+@pytest.mark.parametrize("shape", [("N", 3, 1 << 31, 1 << 31), (1, 3, 1 << 16, 1 << 15)])
+def test_oversized_declared_input(tmp_path, capsys, shape):
+    src = _write(tmp_path, _good_model(x_shape=shape))
+    check_bad(tmp_path, src, r"graph input 'x' has shape .* values per sample, above nashir's cap of "
+                             r"1,073,741,824 \(MAX_INPUT_ELEMENTS\)", capsys)
+
+
+def test_oversized_input_shape_option(tmp_path, capsys):
+    src = _write(tmp_path, _good_model(x_shape=("N", 3, "h", "w")))
+    check_bad(tmp_path, src, r"above nashir's cap", capsys, cli_args=("--input-shape", "3,65536,65536"),
+              input_shape=(3, 65536, 65536))
+
+
+def test_model_file_over_protobufs_limit_is_not_read(tmp_path, capsys):
+    src = _sparse(tmp_path / "big.onnx", (2 << 30) + 1)
+    before = src.stat()
+    with pytest.raises(ImportErrorONNX, match=r"big\.onnx' is 2\.0 GiB, above protobuf's 2 GiB limit"):
+        nashir.load(src)
+    assert main(["show", str(src)]) == 2
+    assert "above protobuf's 2 GiB limit" in capsys.readouterr().err
+    after = src.stat()
+    assert os.listdir(tmp_path) == ["big.onnx"]
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+
+def test_constant_node_external_data_is_confined_and_bounded(tmp_path, capsys):
+    """A Constant node's tensor kept in external data goes through the same checks as an initializer."""
+    t = numpy_helper.from_array(np.ones(4, np.float32), "bval")
+    t.ClearField("raw_data")
+    t.data_location = TensorProto.EXTERNAL
+    e = t.external_data.add()
+    e.key, e.value = "location", "../secret.bin"
+    (tmp_path / "secret.bin").write_bytes(b"\0" * 16)
+    inner = tmp_path / "m"
+    inner.mkdir()
+    nodes = [helper.make_node("Constant", [], ["b0"], name="k", value=t),
+             helper.make_node("Reshape", ["b0", "s"], ["b"], name="rs")]
+    src = _write(inner, _folding_model(nodes, [_i64("s", [1, 4, 1, 1])]))
+    check_bad(inner, src, r"tensor 'bval': external data location '\.\./secret\.bin' escapes", capsys)

@@ -52,6 +52,20 @@ BATCH = "N"
 #: Stand-in for the batch size inside shape tensors (a power of two, exact in float32 too).
 _SYM = 1 << 40
 MIN_OPSET = 7
+#: Constant folding budget, in bytes: all constants that folding makes together may hold at most
+#: ``FOLD_GROWTH`` times the bytes of the weights stored in the model (initializers and Constant nodes)
+#: plus ``MAX_FOLD_BYTES``. Each fold's output size is inferred and checked before it is computed.
+MAX_FOLD_BYTES = 256 * 2**20
+FOLD_GROWTH = 8
+#: A data input may have at most this many elements per sample (a 16384 x 16384 RGB image is 805M).
+MAX_INPUT_ELEMENTS = 2**30
+_MAX_MODEL_FILE = 2**31   # protobuf cannot parse a larger message: not read at all
+#: ops whose output size comes from the *values* of their inputs (folded only when it can be inferred).
+_SIZE_FROM_VALUES = {"ConstantOfShape", "Expand", "Tile", "Range", "Pad", "Resize", "Upsample", "OneHot",
+                     "CenterCropPad", "Col2Im"}
+#: element types packed two to a byte; external data of these is refused (nashir reads float32 weights).
+_PACKED_TYPES = {getattr(TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
+                 if hasattr(TensorProto, n)}
 
 #: ops whose outputs are folded when all their inputs are constants (random ops are never folded).
 _NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
@@ -103,6 +117,12 @@ def load(path_or_model, input_shape=None) -> Graph:
     if not path.is_file():
         raise ImportErrorONNX(f"{str(path)!r} is not a file; give the path of an .onnx model")
     try:
+        size = path.stat().st_size
+        if size > _MAX_MODEL_FILE:
+            raise ImportErrorONNX(
+                f"file {str(path)!r} is {_fmt_bytes(size)}, above protobuf's 2 GiB limit for one model; it "
+                "is not an ONNX model nashir can read (large models keep their weights in external data)"
+            )
         data = path.read_bytes()
     except OSError as e:
         raise ImportErrorONNX(f"cannot read {str(path)!r}: {e.strerror or e}") from None
@@ -165,6 +185,13 @@ def from_onnx(model: onnx.ModelProto, input_shape=None, base_dir=None) -> Graph:
 # ------------------------------------------------------------------------------------------------ helpers
 
 
+def _fmt_bytes(n: int) -> str:
+    for unit, k in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << k:
+            return f"{n / (1 << k):.1f} {unit}"
+    return f"{n} bytes"
+
+
 def _np_dtype(elem_type: int):
     return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
 
@@ -219,6 +246,8 @@ class _Importer:
                                      | {t.name for t in gp.initializer}
                                      | {o for n in gp.node for o in n.output if o})
         self._current: str | None = None           # the node being converted, for error messages
+        self.fold_bytes = 0                        # bytes of the constants folding made so far
+        self.own_bytes = sum(n.ByteSize() for n in gp.node if n.op_type == "Constant")  # + initializers
 
     # ---------------------------------------------------------------- errors
     def fail(self, msg: str) -> ImportErrorONNX:
@@ -337,6 +366,7 @@ class _Importer:
     def _read_initializers(self) -> None:
         for t in self.onnx_graph.initializer:
             self.consts[t.name] = self._tensor_array(t)
+            self.own_bytes += self.consts[t.name].nbytes
         if len(self.onnx_graph.sparse_initializer):
             names = [s.values.name for s in self.onnx_graph.sparse_initializer]
             raise self.fail(f"sparse initializers {names} are not supported; store them dense")
@@ -390,15 +420,55 @@ class _Importer:
                 f"tensor {t.name!r}: external data file {loc!r} is missing (looked for {full!r}); "
                 "copy it next to the model"
             )
-        offset = int(info.get("offset", 0) or 0)
-        length = info.get("length")
+        return self._read_bounded(t, loc, full, info)
+
+    def _read_bounded(self, t: onnx.TensorProto, loc: str, full: str, info: dict) -> bytes:
+        """Read exactly the bytes tensor ``t`` needs (its shape times its element size) from ``full``:
+        the claim is checked against the file's size before anything is read, so a small tensor that
+        points into a huge file reads only its own bytes."""
+        what = f"tensor {t.name!r}: external data"
+
+        def count(key: str) -> int | None:
+            v = info.get(key)
+            if v in (None, ""):
+                return None
+            try:
+                n = int(v)
+            except ValueError:
+                n = -1
+            if n < 0:
+                raise self.fail(f"{what} {key} {v!r} is not a byte count >= 0; the model is corrupt: "
+                                "re-export it")
+            return n
+
+        if t.data_type in _PACKED_TYPES or t.data_type in (TensorProto.STRING, TensorProto.UNDEFINED):
+            name = TensorProto.DataType.Name(t.data_type)
+            raise self.fail(f"{what} of element type {name} is not supported; store the tensor inside the "
+                            "model")
+        if any(d < 0 for d in t.dims):
+            raise self.fail(f"{what}: shape {list(t.dims)} has a negative dimension; the model is corrupt")
+        need = math.prod(t.dims) * _np_dtype(t.data_type).itemsize
+        offset = count("offset") or 0
+        length = count("length")
+        if length is not None and length != need:
+            raise self.fail(
+                f"{what} claims {length} bytes in {loc!r}, but its shape {list(t.dims)} needs {need}; the "
+                "model and its data file do not match: re-export them together"
+            )
+        size = os.path.getsize(full)
+        if offset + need > size:
+            have = max(0, size - offset)
+            raise self.fail(
+                f"{what} file {loc!r} is truncated ({have} of {need} bytes at offset {offset}); copy the "
+                "complete file"
+            )
         with open(full, "rb") as f:
             f.seek(offset)
-            raw = f.read(int(length)) if length not in (None, "") else f.read()
-        if length not in (None, "") and len(raw) != int(length):
+            raw = f.read(need)
+        if len(raw) != need:  # the file shrank while it was read
             raise self.fail(
-                f"tensor {t.name!r}: external data file {loc!r} is truncated ({len(raw)} of {length} bytes "
-                f"at offset {offset}); copy the complete file"
+                f"{what} file {loc!r} is truncated ({len(raw)} of {need} bytes at offset {offset}); copy the "
+                "complete file"
             )
         return raw
 
@@ -472,6 +542,13 @@ class _Importer:
                     f"graph input {vi.name!r} has shape {shown} with unresolved non-batch dimension(s) at "
                     f"position(s) {bad}; give them with --input-shape C,H,W (e.g. --input-shape 3,224,224), "
                     "or input_shape= in Python"
+                )
+            if math.prod(rest) > MAX_INPUT_ELEMENTS:
+                raise self.fail(
+                    f"graph input {vi.name!r} has shape {['N', *rest]}: {math.prod(rest):,} values per "
+                    f"sample, above nashir's cap of {MAX_INPUT_ELEMENTS:,} (MAX_INPUT_ELEMENTS); one sample "
+                    "would not fit in memory: give a smaller size with --input-shape C,H,W, or re-export the "
+                    "model"
                 )
             self.env[vi.name] = self.g.add_input(vi.name, (BATCH, *rest), "float32")
 
@@ -548,18 +625,97 @@ class _Importer:
             self.folded.add(i)
 
     def _evaluate(self, node: onnx.NodeProto, inputs: list) -> list[np.ndarray]:
-        """Run one node on constant inputs with onnx's reference implementation."""
+        """Run one node on constant inputs with onnx's reference implementation, within the folding
+        budget (:data:`MAX_FOLD_BYTES`): the outputs' size is inferred and checked before the node runs."""
         if node.op_type == "Constant":
             a = _attrs(node)
             for k in ("value", "value_float", "value_floats", "value_int", "value_ints"):
                 if k in a:
                     v = a[k]
-                    if k == "value":
-                        return [np.array(numpy_helper.to_array(v))]
+                    if k == "value":   # stored in the file: bounded by its size (external data by its claim)
+                        return [self._tensor_array(v)]
                     dt = np.float32 if "float" in k else np.int64
                     return [np.array(v, dtype=dt)]
         if node.op_type == "Identity":
             return [inputs[0]]
+        for at in node.attribute:
+            if at.type == onnx.AttributeProto.TENSOR and at.t.data_location == TensorProto.EXTERNAL:
+                raise self.fail(f"node {_node_label(node)!r} ({node.op_type}): attribute {at.name!r} "
+                                "keeps its tensor in external data, which nashir reads only for initializers")
+        self._check_fold_size(node, inputs)
+        outs = self._reference(node, inputs)
+        self.fold_bytes += sum(o.nbytes for o in outs)
+        if self.fold_bytes > self._fold_budget():
+            raise self._over_budget(node, sum(o.nbytes for o in outs))
+        return outs
+
+    def _fold_budget(self) -> int:
+        return FOLD_GROWTH * self.own_bytes + MAX_FOLD_BYTES
+
+    def _over_budget(self, node: onnx.NodeProto, nbytes: int) -> ImportErrorONNX:
+        return self.fail(
+            f"node {_node_label(node)!r} ({node.op_type}) on constant inputs would make a "
+            f"{_fmt_bytes(nbytes)} constant; with the constants folded before it that is above the folding "
+            "budget of "
+            f"{_fmt_bytes(self._fold_budget())} ({FOLD_GROWTH}x the model's stored weights plus "
+            f"MAX_FOLD_BYTES = {_fmt_bytes(MAX_FOLD_BYTES)}); the model asks for more memory than its "
+            "weights justify: check where it came from"
+        )
+
+    def _check_fold_size(self, node: onnx.NodeProto, inputs: list) -> None:
+        """Infer the outputs' shapes with onnx shape inference (small inputs as data, large ones by
+        their type only) and refuse a fold whose outputs would pass the budget, before any allocation.
+        An op that makes its output size from input *values* must have an inferable size."""
+        ins, inits, vis = [], [], []
+        for k, (name, arr) in enumerate(zip(node.input, inputs)):
+            if not name:
+                ins.append("")
+                continue
+            nm = f"in{k}"
+            ins.append(nm)
+            arr = np.asarray(arr)
+            if arr.size <= 4096:
+                inits.append(numpy_helper.from_array(arr, nm))
+            else:
+                et = helper.np_dtype_to_tensor_dtype(arr.dtype)
+                vis.append(helper.make_tensor_value_info(nm, et, list(arr.shape)))
+        outs = [f"out{k}" for k in range(len(node.output))]
+        n2 = helper.make_node(node.op_type, ins, outs, domain=node.domain)
+        n2.attribute.extend(node.attribute)
+        gr = helper.make_graph([n2], "fold", vis, [helper.make_empty_tensor_value_info(o) for o in outs],
+                               initializer=inits)
+        m = helper.make_model(gr, opset_imports=[helper.make_opsetid("", self.opset)])
+        m.ir_version = max(int(self.model.ir_version), 3)
+        nbytes: int | None = 0
+        try:
+            inferred = onnx.shape_inference.infer_shapes(m, strict_mode=False).graph.output
+        except Exception:
+            inferred = []
+        by_name = {vi.name: vi for vi in inferred}
+        for o in outs:
+            vi = by_name.get(o)
+            tt = vi.type.tensor_type if vi is not None else None
+            if tt is None or not tt.HasField("shape") or not tt.elem_type or any(
+                    not d.HasField("dim_value") for d in tt.shape.dim):
+                nbytes = None
+                break
+            try:
+                item = _np_dtype(tt.elem_type).itemsize
+            except Exception:
+                item = 8
+            nbytes += math.prod(max(0, d.dim_value) for d in tt.shape.dim) * item
+        if nbytes is None:
+            if node.op_type in _SIZE_FROM_VALUES:
+                raise self.fail(
+                    f"node {_node_label(node)!r} ({node.op_type}) on constant inputs: the size of its output "
+                    "cannot be inferred before it is computed, so nashir does not fold it; re-export the "
+                    "model with the folded constant as an initializer"
+                )
+            return   # the output's size follows its inputs' sizes; checked after evaluation
+        if self.fold_bytes + nbytes > self._fold_budget():
+            raise self._over_budget(node, nbytes)
+
+    def _reference(self, node: onnx.NodeProto, inputs: list) -> list[np.ndarray]:
         from onnx.reference import ReferenceEvaluator
 
         inits = []
