@@ -3,8 +3,8 @@ imported only when used, so ``nashir --help`` stays fast and torch is loaded onl
 that need it.
 
 Errors: a :class:`~nashir.errors.NashirError` is printed as ``error: <message>`` without a
-traceback and the process exits with its ``exit_code`` (2 for bad input, 1 otherwise). Set
-``NASHIR_DEBUG=1`` to see tracebacks.
+traceback and the process exits with its ``exit_code`` (2 for bad input, 1 otherwise); a
+``MemoryError`` is printed as one line and exits 1. Set ``NASHIR_DEBUG=1`` to see tracebacks.
 """
 
 from __future__ import annotations
@@ -63,10 +63,23 @@ def cli():
     """
 
 
+def _command_name(argv: list[str] | None) -> str:
+    args = sys.argv[1:] if argv is None else argv
+    return next((a for a in args if a in COMMANDS), "")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point; returns the exit status (0 ok, 1 failure, 2 bad input)."""
+    """Console entry point; returns the exit status (0 ok, 1 failure, 2 bad input).
+
+    A ``MemoryError`` anywhere becomes one line and exit 1 (outputs are written atomically, so nothing
+    half-written is left behind)."""
+    out_of_memory = False
     try:
         cli.main(args=argv, prog_name="nashir", standalone_mode=False)
+    except MemoryError:
+        if os.environ.get("NASHIR_DEBUG"):
+            raise
+        out_of_memory = True   # reported below, once the frames holding the memory are gone
     except NashirError as e:
         if os.environ.get("NASHIR_DEBUG"):
             raise
@@ -83,6 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         return 130
+    if out_of_memory:
+        name = _command_name(argv)
+        click.echo(
+            f"error: out of memory{f' in `nashir {name}`' if name else ''} (MemoryError); no output was left "
+            "half-written (outputs are replaced only once complete): use smaller sizes or free memory "
+            "(NASHIR_DEBUG=1 shows the traceback)",
+            err=True,
+        )
+        return 1
     return 0
 
 

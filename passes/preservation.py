@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -23,6 +24,46 @@ log = logging.getLogger("nashir.passes")
 RTOL = 1e-4
 
 RUNTIMES = ("onnxruntime", "torch")
+
+#: Memory cap, in bytes, of a check on random inputs: the inputs and every activation of the larger graph
+#: for the whole batch. A batch that does not fit is made smaller; when one sample does not fit, the check
+#: is refused (:class:`CheckTooLarge`).
+MAX_CHECK_BYTES = 1 << 30
+
+
+class CheckTooLarge(NashirError):
+    """A preservation check on random inputs would need more memory than :data:`MAX_CHECK_BYTES`."""
+
+
+def _per_sample_bytes(graph: Graph) -> int:
+    """Bytes of the inputs and every node output of ``graph`` for one sample (batch axis dropped)."""
+    total = 0
+    for k, v in enumerate([*graph.inputs, *(o for nd in graph.nodes for o in nd.outputs)]):
+        dims = [int(d) for d in (v.shape or ())[1:] if not isinstance(d, str)]
+        item = np.dtype(v.dtype if v.dtype.startswith("float") else np.float32).itemsize
+        # random inputs are drawn in float64 and then cast: 8 more bytes per input value
+        total += math.prod(dims) * (item + (8 if k < len(graph.inputs) else 0))
+    return total
+
+
+def check_batch(graphs: Sequence[Graph], n: int) -> int:
+    """The batch (at most ``n``) whose check on random inputs fits :data:`MAX_CHECK_BYTES`.
+
+    Raises:
+        CheckTooLarge: not even one sample fits; the message gives the estimate and the cap.
+    """
+    per = max(_per_sample_bytes(g) for g in graphs)
+    fits = MAX_CHECK_BYTES // per if per else n
+    if fits < 1:
+        g = max(graphs, key=_per_sample_bytes)
+        shapes = [list(v.shape) for v in g.inputs]
+        raise CheckTooLarge(
+            f"checking preservation of graph {g.name!r} (input shape(s) {shapes}) needs about "
+            f"{per / 2**30:.1f} GiB for a single sample, above the cap of {MAX_CHECK_BYTES / 2**30:.1f} GiB "
+            "(nashir.passes.preservation.MAX_CHECK_BYTES); skip the check (morph without --check) or check a "
+            "smaller version of the model"
+        )
+    return int(min(n, fits))
 
 
 @dataclass
@@ -79,7 +120,7 @@ def random_inputs(graph: Graph, n: int = 8, seed: int = 0) -> dict[str, np.ndarr
 
 def _feeds(before: Graph, after: Graph, inputs, n: int, seed: int) -> tuple[dict, dict]:
     if inputs is None:
-        fb = random_inputs(before, n, seed)
+        fb = random_inputs(before, check_batch([before, after], n), seed)
     elif isinstance(inputs, Mapping):
         fb = {k: np.asarray(v) for k, v in inputs.items()}
     elif isinstance(inputs, np.ndarray) or not isinstance(inputs, Sequence):
@@ -141,7 +182,8 @@ def check_preservation(before: Graph, after: Graph, inputs=None, n: int = 8, see
         before, after: the graphs (unchanged); outputs are compared in order.
         inputs: None (random standard-normal NCHW float32, batch ``n``, from ``seed``), one array
             for a single-input graph, a list of arrays in input order, or a dict name -> array.
-        n: batch size of random inputs.
+        n: batch size of random inputs; made smaller when the check would need more memory than
+            :data:`MAX_CHECK_BYTES`.
         seed: seed of random inputs.
         runtimes: ``"onnxruntime"`` and/or ``"torch"``; default onnxruntime, plus torch when it is
             installed (a torch failure is then recorded in ``details`` instead of raised).
@@ -152,6 +194,7 @@ def check_preservation(before: Graph, after: Graph, inputs=None, n: int = 8, see
 
     Raises:
         BackendError: a runtime named in ``runtimes`` cannot run a graph; unknown runtime names.
+        CheckTooLarge: random inputs of even one sample would pass :data:`MAX_CHECK_BYTES`.
     """
     auto = runtimes is None
     if auto:
@@ -178,4 +221,5 @@ def check_preservation(before: Graph, after: Graph, inputs=None, n: int = 8, see
     )
 
 
-__all__ = ["check_preservation", "PreservationReport", "random_inputs", "compare_outputs", "RTOL"]
+__all__ = ["check_preservation", "PreservationReport", "random_inputs", "compare_outputs", "RTOL",
+           "MAX_CHECK_BYTES", "CheckTooLarge", "check_batch"]

@@ -100,3 +100,30 @@ def test_top_level_delegates():
     g = plain_net()
     rep = nashir.check_preservation(g, g.clone(), n=2, seed=1)
     assert rep.ok and rep.runtime.startswith("onnxruntime")
+
+
+def _big_net(hw):
+    b = GraphBuilder("big", (3, hw, hw), seed=0)
+    y = b.relu(b.conv(b.graph.inputs[0], 16, 3, pads=1, name="c1"), name="r1")
+    return b.build(y)
+
+
+def test_check_too_large_for_one_sample_is_refused_before_allocating():
+    """3 x 8192 x 8192 input, 16 channels: about 5.6 GiB for one sample, above the 1 GiB cap."""
+    from nashir.passes.preservation import MAX_CHECK_BYTES, CheckTooLarge
+
+    g = _big_net(8192)
+    assert MAX_CHECK_BYTES == 1 << 30
+    msg = r"graph 'big' .*needs about [\d.]+ GiB for a single sample, above the cap of 1\.0 GiB"
+    with pytest.raises(CheckTooLarge, match=msg):
+        check_preservation(g, g.clone(), runtimes=["onnxruntime"])
+
+
+def test_check_batch_shrinks_to_fit(monkeypatch):
+    from nashir.passes import preservation as P
+
+    g = _big_net(16)                       # 3*256*12 + 2*16*256*4 = 41984 bytes per sample
+    assert P.check_batch([g], 8) == 8
+    monkeypatch.setattr(P, "MAX_CHECK_BYTES", 3 * 41984)
+    assert P.check_batch([g, g.clone()], 8) == 3
+    assert check_preservation(g, g.clone(), runtimes=["onnxruntime"]).ok
