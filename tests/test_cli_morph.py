@@ -219,3 +219,115 @@ def test_missing_model_and_missing_output_folder(tmp_path, model, capsys):
     assert code == 2 and "nope.onnx" in err
     code, _, err = run(["morph", model, "--widen", "c1", "-o", tmp_path / "no" / "x.onnx"], capsys)
     assert code == 2 and "does not exist" in err
+
+
+# ------------------------------------------------------------------ misbehaving plugins, messages, file modes
+
+
+@pytest.fixture
+def bad_plugins(tmp_path, monkeypatch):
+    saved, src = dict(B._REGISTRY), dict(B._SOURCES)
+    (tmp_path / "nashir_cli_badplugins.py").write_text(
+        "from nashir.passes import register_pass\n"
+        "from nashir.passes.widen_kernel import WidenKernel\n"
+        "@register_pass\n"
+        "class SitesRaise(WidenKernel):\n"
+        "    name = 'sites-raise'\n"
+        "    def sites(self, graph):\n"
+        "        raise ZeroDivisionError('sites broke')\n"
+        "class Bomb(WidenKernel):\n"
+        "    name = 'factory-raise'\n"
+        "    def __init__(self):\n"
+        "        raise RuntimeError('factory broke')\n"
+        "register_pass(Bomb)\n"
+        "@register_pass\n"
+        "class BadSite(WidenKernel):\n"
+        "    name = 'site-str-raise'\n"
+        "    def sites(self, graph):\n"
+        "        class S:\n"
+        "            def __str__(self):\n"
+        "                raise ValueError('no text')\n"
+        "        return [S()]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    sys.modules.pop("nashir_cli_badplugins", None)
+    B._REGISTRY.clear()
+    B._REGISTRY.update(saved)
+    B._SOURCES.clear()
+    B._SOURCES.update(src)
+
+
+def test_list_sites_survives_misbehaving_plugins(model, bad_plugins, capsys):
+    """Three broken plugins (sites() raises, the factory raises, a site's str() raises): each is warned about
+    and every other pass is still listed."""
+    before, files = digest(model), listing(model.parent)
+    code, out, err = run(["morph", model, "--plugin", "nashir_cli_badplugins", "--list-sites"], capsys)
+    assert code == 0, err
+    assert "Traceback" not in err
+    assert "warning: sites-raise: no sites listed, its sites() raised ZeroDivisionError: sites broke" in err
+    assert "warning: factory-raise: no sites listed, building it raised RuntimeError: factory broke" in err
+    assert "warning: site-str-raise: no sites listed" in err and "no text" in err
+    assert "net2wider\tc1" in out and "widen-kernel\tc1" in out
+    assert digest(model) == before and listing(model.parent) == files
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--apply", "nosuch:r1"], "--apply nosuch:r1: no pass named 'nosuch'"),
+    (["--widen", "c1", "--input-shape", "1,x,8"], "--input-shape '1,x,8' is not a list of positive integers"),
+    (["--widen", "c1", "--input-shape", "4,6,6"], "input_shape (4, 6, 6) contradicts input 'input'"),
+])
+def test_messages_name_what_was_given(model, capsys, args, message):
+    before, files = digest(model), listing(model.parent)
+    code, _, err = run(["morph", model, *args], capsys)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert digest(model) == before and listing(model.parent) == files
+
+
+def test_output_folder_that_is_a_file(model, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    before, files = digest(model), listing(tmp_path)
+    code, _, err = run(["morph", model, "--widen", "c1", "-o", tmp_path / "afile" / "out.onnx"], capsys)
+    assert code == 2 and "afile' is a file, not a folder" in err
+    assert digest(model) == before and listing(tmp_path) == files
+
+
+def test_input_shape_for_a_symbolic_model(tmp_path, capsys):
+    import onnx
+
+    p = tmp_path / "sym.onnx"
+    m = onnx.load_from_string(nashir.backends.onnx.model_bytes(plain_net(seed=1)))
+    for d, name in zip(m.graph.input[0].type.tensor_type.shape.dim[2:], ("h", "w")):
+        d.ClearField("dim_value")
+        d.dim_param = name
+    p.write_bytes(m.SerializeToString())
+    code, _, err = run(["morph", p, "--widen", "c1"], capsys)
+    assert code == 2 and "--input-shape" in err
+    code, out, err = run(["morph", p, "--widen", "c1", "--input-shape", "3,6,6", "--check"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "sym.morphed.onnx").exists()
+
+
+def test_check_on_an_input_too_large_to_check(tmp_path, capsys):
+    """A 3 x 8192 x 8192 input: the check would need several GiB, refused before any allocation."""
+    from nashir import GraphBuilder
+
+    b = GraphBuilder("big", (3, 8192, 8192), seed=0)
+    p = tmp_path / "big.onnx"
+    r1 = b.relu(b.conv(b.input, 8, 3, pads=1, name="c1"), name="r1")
+    nashir.save(b.build(b.conv(r1, 2, 1, name="c2")), p)
+    before, files = digest(p), listing(tmp_path)
+    code, _, err = run(["morph", p, "--widen", "c1", "--check"], capsys)
+    assert code == 2 and "needs about" in err and "MAX_CHECK_BYTES" in err and "Traceback" not in err
+    assert digest(p) == before and listing(tmp_path) == files
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_output_mode_follows_the_umask(model, tmp_path, capsys, umask):
+    old = os.umask(umask)
+    try:
+        code, _, err = run(["morph", model, "--widen", "c1", "-o", tmp_path / "out.onnx"], capsys)
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    assert (tmp_path / "out.onnx").stat().st_mode & 0o777 == 0o666 & ~umask

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 from test_onnx_support import sha256
 
@@ -90,3 +91,20 @@ def test_show_bad_input_shape_option(tmp_path, capsys):
     assert main(["show", "--input-shape", "3,a,16", str(p)]) == 2
     err = capsys.readouterr().err
     assert "--input-shape '3,a,16' is not a list of positive integers" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("text", ["1,x,8", "3,,16", "3,16,", "x3,4", "3 x", "3,-4,4", "0,4,4"])
+def test_show_input_shape_parts_are_never_dropped(tmp_path, capsys, text):
+    """Every part counts: a stray "x" or an empty part is refused, never skipped."""
+    p, _ = _model(tmp_path)
+    assert main(["show", "--input-shape", text, str(p)]) == 2
+    err = capsys.readouterr().err
+    assert f"--input-shape {text!r} is not a list of positive integers" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("text, shape", [("3,16,8", (3, 16, 8)), ("3x16x8", (3, 16, 8)),
+                                         ("3 16 8", (3, 16, 8)), (" 3, 16 ,8 ", (3, 16, 8))])
+def test_parse_shape_forms(text, shape):
+    from nashir.commands.show import parse_shape
+
+    assert parse_shape(text) == shape

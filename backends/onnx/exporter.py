@@ -22,6 +22,7 @@ from onnx import TensorProto, helper
 
 import nashir
 from nashir.errors import BackendError, NashirError
+from nashir.files import give_default_mode
 from nashir.ir import Graph
 
 #: Model metadata key holding node ``meta`` entries that ONNX has no field for (JSON object
@@ -234,6 +235,7 @@ def _write_temp(path: Path, data: bytes | list) -> str:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=".tmp", dir=str(path.parent))
     try:
         with os.fdopen(fd, "wb") as f:
+            give_default_mode(f.fileno())   # mkstemp makes 0600; the output gets what the umask allows
             for chunk in data if isinstance(data, list) else [data]:
                 f.write(chunk)
     except BaseException:

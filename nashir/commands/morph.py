@@ -131,9 +131,11 @@ def _same_file(a: Path, b: Path) -> bool:
 @click.option("--check", is_flag=True, help="Compare both models in onnxruntime; exit 1 over tolerance.")
 @click.option("--list-sites", is_flag=True, help="Print every applicable site of every pass; write nothing.")
 @click.option("--plugin", multiple=True, metavar="MODULE", help="Import MODULE to register more passes.")
+@click.option("--input-shape", metavar="C,H,W", default=None,
+              help="Non-batch input dimensions for models whose input size is symbolic, e.g. 3,224,224.")
 @click.pass_context
 def morph(ctx, model, widen, width, factor, deepen, kernel, skip_add, skip_concat, widen_kernel, apply,
-          split, seed, output, check, list_sites, plugin):
+          split, seed, output, check, list_sites, plugin, input_shape):
     """Apply network morphisms to MODEL.onnx and write the result.
 
     The morph flags apply in the order given. NAME is a node name or the name of its output value
@@ -146,9 +148,11 @@ def morph(ctx, model, widen, width, factor, deepen, kernel, skip_add, skip_conca
     import numpy as np
 
     from nashir.backends.onnx import load, save
+    from nashir.commands.show import parse_shape
     from nashir.errors import GraphError, NotApplicable, PassError, VerifyError
     from nashir.passes import available_passes, check_preservation, get_pass, load_plugin
 
+    shape = parse_shape(input_shape)
     for mod in plugin:
         load_plugin(mod)
     values = {"widen": widen, "width": width, "factor": factor, "deepen": deepen, "kernel": kernel,
@@ -164,17 +168,22 @@ def morph(ctx, model, widen, width, factor, deepen, kernel, skip_add, skip_conca
         if _same_file(out, Path(model)) or os.path.abspath(out) == os.path.abspath(model):
             raise MorphUsageError(
                 f"-o {str(out)!r} is the input model; inputs are never overwritten, pick another")
+        if out.parent.exists() and not out.parent.is_dir():
+            raise MorphUsageError(
+                f"-o {str(out)!r}: {str(out.parent)!r} is a file, not a folder; give a path in a folder")
         if not out.parent.is_dir():
             raise MorphUsageError(
                 f"-o {str(out)!r}: folder {str(out.parent)!r} does not exist; create it first")
         if out.is_dir():
             raise MorphUsageError(f"-o {str(out)!r} is a folder; give a file name such as model.onnx")
-    graph = load(model)
+    graph = load(model, input_shape=shape)
     original = graph.clone() if check else None
     rng = np.random.default_rng(seed)
     done: list[str] = []
     for st in steps:
         what = f"{st['flag']} {st['target']}"
+        if st["key"] == "apply":
+            what = f"--apply {st['pass']}:{st['target']}"
         opts = dict(st["options"])
         if st["pass"] == "net2wider":
             if "width" not in opts and "factor" not in opts:
@@ -222,8 +231,18 @@ def morph(ctx, model, widen, width, factor, deepen, kernel, skip_add, skip_conca
                 click.echo(f"warning: {name}: no sites listed, it cannot be built without options ({e})",
                            err=True)
                 continue
-            for s in p.sites(graph):
-                click.echo(f"{name}\t{s}")
+            except Exception as e:  # a misbehaving plugin factory: listed with a warning, the rest goes on
+                click.echo(f"warning: {name}: no sites listed, building it raised {type(e).__name__}: {e}",
+                           err=True)
+                continue
+            try:
+                lines = [f"{name}\t{s}" for s in p.sites(graph.clone())]
+            except Exception as e:  # a misbehaving plugin: warned about, the other passes are listed
+                click.echo(f"warning: {name}: no sites listed, its sites() raised {type(e).__name__}: {e} "
+                           "(a bug in the pass)", err=True)
+                continue
+            for line in lines:
+                click.echo(line)
         if steps:
             click.echo("(sites of the morphed model; nothing was written)", err=True)
         return

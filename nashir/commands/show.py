@@ -22,8 +22,10 @@ def parse_shape(text: str | None) -> tuple[int, ...] | None:
     """
     if text is None:
         return None
-    parts = [p for p in re.split(r"[,x\s]+", text.strip()) if p]
-    if not parts or not all(p.isdigit() and int(p) > 0 for p in parts):
+    # digits separated by one comma or "x" (spaces around it allowed), or by spaces: every part counts
+    ok = re.fullmatch(r"\d+(?:\s*[,x]\s*\d+|\s+\d+)*", text.strip()) is not None
+    parts = re.findall(r"\d+", text)
+    if not ok or not all(int(p) > 0 for p in parts):
         raise BadShapeOption(
             f"--input-shape {text!r} is not a list of positive integers; give the sample's non-batch "
             "dimensions, e.g. --input-shape 3,224,224"

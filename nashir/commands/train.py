@@ -64,9 +64,12 @@ def _stage_text(path: Path, text: str) -> str:
     """Write ``text`` to a temporary file next to ``path``; return its name (move it with os.replace)."""
     import tempfile
 
+    from nashir.files import give_default_mode
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
+            give_default_mode(f.fileno())   # mkstemp makes 0600; the output gets what the umask allows
             f.write(text)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
