@@ -88,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
+    except click.UsageError as e:   # a bad flag or argument: one line, like every other error
+        where = e.ctx.command_path if e.ctx is not None else "nashir"
+        msg = " ".join(e.format_message().split())
+        click.echo(f"error: {msg} (`{where} --help` lists the options)", err=True)
+        return e.exit_code
     except click.ClickException as e:
         e.show()
         return e.exit_code

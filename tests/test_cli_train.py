@@ -166,17 +166,93 @@ def test_output_may_not_be_the_input(tmp_path, capsys):
     assert model.read_bytes() == before
 
 
-@pytest.mark.parametrize("flag, value, word", [
-    ("--epochs", -1, "epochs"), ("--lr-start", -0.1, "lr_start"), ("--batch-size", 0, "batch_size"),
-    ("--device", "tpu9", "tpu9"),
-])
-def test_bad_hyper_parameters(tmp_path, capsys, flag, value, word):
-    model = cnn(tmp_path / "m.onnx")
-    args = ["train", model, "--dataset", "digits", "--epochs", 1, "-o", tmp_path / "o.onnx"]
-    args += [flag, value]
+BAD_FLAGS = [
+    (["--epochs", -1], "--epochs -1: expected an integer >= 0"),
+    (["--lr-start", -0.1], "--lr-start -0.1: expected a finite number >= 0"),
+    (["--lr-start", "nan"], "--lr-start nan: expected a finite number >= 0"),
+    (["--weight-decay", "inf"], "--weight-decay inf: expected a finite number >= 0"),
+    (["--lr-end", 1], "--lr-end 1.0 is above --lr-start 0.05"),
+    (["--batch-size", 0], "--batch-size 0: expected an integer >= 1"),
+    (["--momentum", 1], "--momentum 1.0: expected a number in [0, 1)"),
+    (["--momentum", 0, "--nesterov"], "--nesterov needs --momentum > 0"),
+    (["--t0", 0], "--t0 0: expected an integer number of epochs >= 1"),
+    (["--t-mult", 0], "--t-mult 0: expected an integer >= 1"),
+    (["--threads", 0], "--threads 0: expected an integer >= 1"),
+    (["--seed", -1], "--seed -1: expected an integer in [0, 2**64)"),
+    (["--input-shape", "1,x,8"], "--input-shape '1,x,8' is not a list of positive integers"),
+    (["--device", "tpu9"], "--device 'tpu9'"),
+]
+
+
+@pytest.mark.parametrize("flags, message", BAD_FLAGS)
+def test_bad_flags_are_named_before_anything_loads(tmp_path, capsys, flags, message):
+    """The message names the flag (not TrainConfig's field) and comes before the model and the data are
+    read: the model here is not even an ONNX file and the data set does not exist."""
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"not a model")
+    args = ["train", model, "--dataset", "npz:absent.npz", "--epochs", 1, "-o", tmp_path / "o.onnx", *flags]
     rc, _, err = run(capsys, *args)
-    assert rc == 2 and word in err and "Traceback" not in err
-    assert not (tmp_path / "o.onnx").exists()
+    assert rc == 2 and message in err and "Traceback" not in err, err
+    assert err.count("\n") == 1 and "TrainConfig" not in err
+    assert_nothing_written(tmp_path, ["m.onnx"])
+    assert model.read_bytes() == b"not a model"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--batch-size", 0], "--batch-size 0: expected an integer >= 1"),
+    (["--seed", -1], "--seed -1"),
+    (["--input-shape", "3,,3"], "--input-shape '3,,3'"),
+    (["--device", "tpu9"], "--device 'tpu9'"),
+])
+def test_eval_bad_flags_before_anything_loads(tmp_path, capsys, flags, message):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"not a model")
+    rc, _, err = run(capsys, "eval", model, "--dataset", "npz:absent.npz", *flags)
+    assert rc == 2 and message in err and "Traceback" not in err, err
+
+
+def test_click_usage_errors_are_one_line(tmp_path, capsys):
+    model = cnn(tmp_path / "m.onnx")
+    rc, _, err = run(capsys, "train", model, "--dataset", "digits", "-o", tmp_path / "o.onnx")
+    assert rc == 2 and err.count("\n") == 1 and err.startswith("error: Missing option '--epochs'")
+    assert "nashir train --help" in err
+    rc, _, err = run(capsys, "train", model, "--epochs", "many", "-d", "digits", "-o", tmp_path / "o.onnx")
+    assert rc == 2 and err.count("\n") == 1 and "'many' is not a valid integer" in err
+    assert_nothing_written(tmp_path, ["m.onnx"])
+
+
+def test_input_shape_for_a_symbolic_model(tmp_path, capsys):
+    import onnx
+
+    model = cnn(tmp_path / "m.onnx")
+    m = onnx.load(model)
+    for d, name in zip(m.graph.input[0].type.tensor_type.shape.dim[2:], ("h", "w")):
+        d.ClearField("dim_value")
+        d.dim_param = name
+    model.write_bytes(m.SerializeToString())
+    rc, _, err = run(capsys, "eval", model, "--dataset", "digits")
+    assert rc == 2 and "--input-shape" in err
+    rc, out, err = run(capsys, "eval", model, "--dataset", "digits", "--input-shape", "1,8,8")
+    assert rc == 0 and "accuracy" in out, err
+    rc, out, err = run(capsys, "train", model, "--dataset", "digits", "--epochs", 1, "--device", "cpu",
+                       "--input-shape", "1,8,8", "-o", tmp_path / "o.onnx")
+    assert rc == 0, err
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_outputs_follow_the_umask_and_no_bar_off_a_terminal(tmp_path, capsys, umask):
+    """-o and --history get 0666 & ~umask; stderr is not a terminal here, so no progress bar by default."""
+    model = cnn(tmp_path / "m.onnx")
+    old = os.umask(umask)
+    try:
+        rc, _, err = run(capsys, "train", model, "--dataset", "digits", "--epochs", 1, "--device", "cpu",
+                         "-o", tmp_path / "o.onnx", "--history", tmp_path / "h.json")
+    finally:
+        os.umask(old)
+    assert rc == 0, err
+    for name in ("o.onnx", "h.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask
+    assert "batch/s" not in err and "\r" not in err
 
 
 def test_unknown_dataset_and_missing_model(tmp_path, capsys):

@@ -26,10 +26,14 @@ class UsageError(NashirError):
     """A combination of command-line flags that cannot work (exit 2)."""
 
 
-def _load_model(path: str):
+def _load_model(path: str, input_shape: str | None = None):
     from nashir.backends.onnx import load
+    from nashir.commands.show import parse_shape
 
-    return load(path)
+    return load(path, input_shape=parse_shape(input_shape))
+
+
+_INPUT_SHAPE_HELP = "Non-batch input dimensions for models whose input size is symbolic, e.g. 3,32,32."
 
 
 def _load_data(dataset: str, data_dir: str | None, seed: int, augment: bool | None):
@@ -58,6 +62,85 @@ def _check_output(path: str, flag: str) -> None:
         )
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UsageError(f"{flag} {path!r}: folder {str(parent)!r} is not writable")
+
+
+#: TrainConfig field -> the flag that sets it (messages name the flag, not the field).
+_FLAGS = {"epochs": "--epochs", "lr_start": "--lr-start", "lr_end": "--lr-end", "momentum": "--momentum",
+          "nesterov": "--nesterov", "weight_decay": "--weight-decay", "batch_size": "--batch-size",
+          "t_0": "--t0", "t_mult": "--t-mult", "device": "--device", "seed": "--seed", "threads": "--threads"}
+
+
+def check_train_flags(epochs, lr_start, lr_end, batch_size, weight_decay, momentum, nesterov, t_0, t_mult,
+                      seed, threads) -> None:
+    """Check the training flags before anything is loaded; the message names the flag (exit 2)."""
+    import math
+
+    def bad(flag: str, value, expected: str) -> UsageError:
+        return UsageError(f"{flag} {value}: expected {expected}")
+
+    if epochs < 0:
+        raise bad("--epochs", epochs, "an integer >= 0")
+    for flag, v in (("--lr-start", lr_start), ("--lr-end", lr_end), ("--weight-decay", weight_decay),
+                    ("--momentum", momentum)):
+        if not math.isfinite(v) or v < 0:
+            raise bad(flag, v, "a finite number >= 0")
+    if lr_end > lr_start:
+        raise UsageError(f"--lr-end {lr_end} is above --lr-start {lr_start}; SGDR anneals from --lr-start "
+                         "down to --lr-end, so give --lr-end <= --lr-start")
+    if momentum >= 1:
+        raise bad("--momentum", momentum, "a number in [0, 1)")
+    if nesterov and momentum == 0:
+        raise UsageError("--nesterov needs --momentum > 0")
+    if batch_size < 1:
+        raise bad("--batch-size", batch_size, "an integer >= 1")
+    if t_0 is not None and t_0 < 1:
+        raise bad("--t0", t_0, "an integer number of epochs >= 1 (leave it out for one cycle)")
+    if t_mult < 1:
+        raise bad("--t-mult", t_mult, "an integer >= 1")
+    if not 0 <= seed < 2**64:
+        raise bad("--seed", seed, "an integer in [0, 2**64)")
+    if threads is not None and threads < 1:
+        raise bad("--threads", threads, "an integer >= 1")
+
+
+def train_config(**kw):
+    """A TrainConfig; a value it refuses is reported with its flag's name."""
+    import re
+
+    from nashir.backends.torch import TrainConfig
+    from nashir.backends.torch.sgdr import TrainConfigError
+
+    try:
+        return TrainConfig(**kw)
+    except TrainConfigError as e:
+        msg = re.sub(r"TrainConfig\.(\w+)=", lambda m: _FLAGS.get(m.group(1), m.group(1)) + " ", str(e))
+        msg = re.sub(r"\b(" + "|".join(_FLAGS) + r")=", lambda m: _FLAGS[m.group(1)] + " ",
+                     msg.replace("TrainConfig: ", ""))
+        raise UsageError(msg) from None
+
+
+def _check_device(device: str) -> None:
+    """Resolve --device before the model and data load (an unknown or absent device is exit 2)."""
+    from nashir.backends.torch.sgdr import TrainConfigError, resolve_device
+
+    try:
+        resolve_device(device)
+    except TrainConfigError as e:
+        msg = str(e)
+        raise UsageError(msg if "--device" in msg else f"--device {device!r}: {msg}") from None
+
+
+def _progress(flag: bool | None) -> bool:
+    """--progress/--no-progress, or by default: bars only when stderr is a terminal (in a log file they
+    would redraw into thousands of lines)."""
+    import sys
+
+    if flag is not None:
+        return flag
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _stage_text(path: Path, text: str) -> str:
@@ -106,11 +189,13 @@ def _stage_text(path: Path, text: str) -> str:
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
 @click.option("--history", "history_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the per-epoch history as JSON to this file.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@click.option("--progress/--no-progress", default=None,
+              help="Show a progress bar [default: when stderr is a terminal].")
+@click.option("--input-shape", metavar="C,H,W", default=None, help=_INPUT_SHAPE_HELP)
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
               help="Where to write the trained model (ONNX).")
 def train(model, dataset, data_dir, epochs, lr_start, lr_end, batch_size, weight_decay, momentum, nesterov,
-          t_0, t_mult, trainval, augment, device, seed, threads, history_path, progress, output):
+          t_0, t_mult, trainval, augment, device, seed, threads, history_path, progress, input_shape, output):
     """Train MODEL (ONNX) with SGD and SGDR on a data set; write the trained model to -o.
 
     SGD with momentum and weight decay, the learning rate annealed per iteration from --lr-start
@@ -124,6 +209,12 @@ def train(model, dataset, data_dir, epochs, lr_start, lr_end, batch_size, weight
       nashir train model.onnx --dataset cifar10 --data-dir ~/data \\
           --epochs 20 -o trained.onnx
     """
+    check_train_flags(epochs, lr_start, lr_end, batch_size, weight_decay, momentum, nesterov, t_0, t_mult,
+                      seed, threads)
+    if input_shape is not None:
+        from nashir.commands.show import parse_shape
+
+        parse_shape(input_shape)
     if _same_file(model, output):
         raise UsageError(
             f"--output {output!r} is the input model; nashir never modifies its input, pick another file"
@@ -138,19 +229,19 @@ def train(model, dataset, data_dir, epochs, lr_start, lr_end, batch_size, weight
         if _same_file(output, history_path) or Path(output).resolve() == Path(history_path).resolve():
             raise UsageError(f"--history {history_path!r} is the --output file; give them different names")
         _check_output(history_path, "--history")
-    graph = _load_model(model)
+    cfg = train_config(
+        epochs=epochs, lr_start=lr_start, lr_end=lr_end, momentum=momentum, nesterov=nesterov,
+        weight_decay=weight_decay, batch_size=batch_size, t_0=t_0, t_mult=t_mult, device=device, seed=seed,
+        threads=threads, progress=_progress(progress), train_split="trainval" if trainval else "train",
+        eval_split="test" if trainval else "val",
+    )
+    _check_device(device)
+    graph = _load_model(model, input_shape)
     data = _load_data(dataset, data_dir, seed, augment)
 
     from nashir.backends.onnx import save
-    from nashir.backends.torch import TrainConfig
     from nashir.backends.torch import train as train_graph
 
-    cfg = TrainConfig(
-        epochs=epochs, lr_start=lr_start, lr_end=lr_end, momentum=momentum, nesterov=nesterov,
-        weight_decay=weight_decay, batch_size=batch_size, t_0=t_0, t_mult=t_mult, device=device, seed=seed,
-        threads=threads, progress=progress, train_split="trainval" if trainval else "train",
-        eval_split="test" if trainval else "val",
-    )
     score = "test_acc" if trainval else "val_acc"
     click.echo(f"training {model} on {data!r} for {epochs} epoch(s), device {device}", err=True)
     trained, history = train_graph(graph, data, cfg)
@@ -217,7 +308,8 @@ def _evaluate_ort(graph, data, split: str, batch_size: int) -> tuple[float, floa
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the data split (digits, npz): use the seed the model was trained with.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
-def eval_cmd(model, dataset, data_dir, split, runtime, batch_size, device, seed, as_json):
+@click.option("--input-shape", metavar="C,H,W", default=None, help=_INPUT_SHAPE_HELP)
+def eval_cmd(model, dataset, data_dir, split, runtime, batch_size, device, seed, as_json, input_shape):
     """Print MODEL's accuracy (and mean cross-entropy) on a split of a data set.
 
     \b
@@ -226,7 +318,15 @@ def eval_cmd(model, dataset, data_dir, split, runtime, batch_size, device, seed,
     """
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: expected an integer >= 1")
-    graph = _load_model(model)
+    if not 0 <= seed < 2**64:
+        raise UsageError(f"--seed {seed}: expected an integer in [0, 2**64)")
+    if input_shape is not None:
+        from nashir.commands.show import parse_shape
+
+        parse_shape(input_shape)
+    if runtime == "torch":
+        _check_device(device)
+    graph = _load_model(model, input_shape)
     data = _load_data(dataset, data_dir, seed, augment=False)
     if runtime == "torch":
         from nashir.backends.torch import evaluate
