@@ -120,23 +120,23 @@ def test_unsupported_ops_listed_all_at_once(tmp_path, capsys):
     g.node[1].output[0] = "r"
     g.node.extend(
         [
-            helper.make_node("Elu", ["r"], ["e1"], name="elu_a"),
-            helper.make_node("Elu", ["e1"], ["e2"], name="elu_b"),
-            helper.make_node("HardSwish", ["e2"], ["h"], name="hs"),
+            helper.make_node("Erf", ["r"], ["e1"], name="erf_a"),
+            helper.make_node("Erf", ["e1"], ["e2"], name="erf_b"),
+            helper.make_node("Selu", ["e2"], ["h"], name="selu"),
             helper.make_node("FusedConv", ["h"], ["y"], name="fused", domain="com.microsoft"),
         ]
     )
     m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     src = _write(tmp_path, m)
-    err = check_bad(tmp_path, src, r"Elu: elu_a, elu_b", capsys, exc=UnsupportedOpError)
+    err = check_bad(tmp_path, src, r"Erf: erf_a, erf_b", capsys, exc=UnsupportedOpError)
     assert (
-        "HardSwish: hs" in err and "com.microsoft::FusedConv: fused" in err and "nothing was written" in err
+        "Selu: selu" in err and "com.microsoft::FusedConv: fused" in err and "nothing was written" in err
     )
     with pytest.raises(UnsupportedOpError) as ei:
         nashir.load(src)
     assert ei.value.ops == {
-        "Elu": ["elu_a", "elu_b"],
-        "HardSwish": ["hs"],
+        "Erf": ["erf_a", "erf_b"],
+        "Selu": ["selu"],
         "com.microsoft::FusedConv": ["fused"],
     }
 
@@ -367,3 +367,104 @@ def test_constant_node_external_data_is_confined_and_bounded(tmp_path, capsys):
              helper.make_node("Reshape", ["b0", "s"], ["b"], name="rs")]
     src = _write(inner, _folding_model(nodes, [_i64("s", [1, 4, 1, 1])]))
     check_bad(inner, src, r"tensor 'bval': external data location '\.\./secret\.bin' escapes", capsys)
+
+
+# ------------------------------------------------------------------ fuzz: random malformed models
+
+
+def _fuzz_base(tmp_path, external):
+    w = numpy_helper.from_array(np.arange(108, dtype=np.float32).reshape(4, 3, 3, 3), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("ConstantOfShape", ["s"], ["b"], name="fill",
+                              value=numpy_helper.from_array(np.ones(1, np.float32))),
+             helper.make_node("Add", ["c", "b"], ["a"], name="add"),
+             helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"], name="gap"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], name="fc", transB=1)]
+    inits = [w, _i64("s", [1, 4, 1, 1]), numpy_helper.from_array(np.ones((2, 4), np.float32), "fw"),
+             numpy_helper.from_array(np.zeros(2, np.float32), "fb")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    if external:
+        t = m.graph.initializer[0]
+        raw = numpy_helper.to_array(t).tobytes()
+        t.ClearField("raw_data")
+        t.data_location = TensorProto.EXTERNAL
+        for k, v in (("location", "w.bin"), ("offset", "0"), ("length", str(len(raw)))):
+            e = t.external_data.add()
+            e.key, e.value = k, v
+        (tmp_path / "w.bin").write_bytes(raw)
+    return m
+
+
+def _mutate(rng, m):
+    """Truncate, flip bits, or make one claim oversized (shape, external offset/length, fold, input)."""
+    import onnx
+
+    data = bytearray(m.SerializeToString())
+    kind = rng.choice(["truncated", "bit-flipped", "oversized claim"])
+    if kind == "truncated":
+        return kind, bytes(data[: rng.randrange(len(data))])
+    if kind == "bit-flipped":
+        for _ in range(rng.randint(1, 8)):
+            k = rng.randrange(len(data))
+            data[k] ^= 1 << rng.randrange(8)
+        return kind, bytes(data)
+    m2 = onnx.ModelProto()
+    m2.CopyFrom(m)
+    huge = rng.choice([1 << 20, 1 << 31, 1 << 40, -1, 0])
+    c = rng.randrange(5)
+    if c == 0:
+        m2.graph.initializer[1].ClearField("raw_data")
+        m2.graph.initializer[1].int64_data[:] = [1, huge, huge, 1]
+    elif c == 1:
+        t = m2.graph.initializer[rng.randrange(4)]
+        t.dims[rng.randrange(len(t.dims))] = huge
+    elif c == 2:
+        m2.graph.input[0].type.tensor_type.shape.dim[rng.randrange(1, 4)].dim_value = huge
+    elif c == 3 and m2.graph.initializer[0].external_data:
+        m2.graph.initializer[0].external_data[rng.randrange(3)].value = str(huge)
+    else:
+        m2.graph.node[rng.randrange(7)].attribute.add().CopyFrom(helper.make_attribute("pads", [huge] * 4))
+    return kind, m2.SerializeToString()
+
+
+def test_fuzz_malformed_models_raise_nashir_errors_within_the_memory_cap(tmp_path, monkeypatch, capsys):
+    """300 random malformed models (truncated, bit-flipped, oversized claims), with and without external data:
+    each either loads or raises a NashirError, never another exception, and no case allocates (numpy,
+    traced) more than 64 MiB; every 10th also goes through `nashir show` (exit 0 or 2, no traceback)."""
+    import random
+    import tracemalloc
+
+    from nashir.backends.onnx import importer
+
+    monkeypatch.setattr(importer, "MAX_FOLD_BYTES", 16 << 20)
+    rng = random.Random(12)
+    bases = {ext: _fuzz_base(tmp_path, ext) for ext in (False, True)}
+    outcomes: dict = {}
+    tracemalloc.start()
+    try:
+        for i in range(300):
+            kind, data = _mutate(rng, bases[rng.random() < 0.5])
+            src = tmp_path / "m.onnx"
+            src.write_bytes(data)
+            tracemalloc.reset_peak()
+            try:
+                nashir.load(src)
+                res = "loaded"
+            except NashirError:
+                res = "NashirError"
+            peak = tracemalloc.get_traced_memory()[1]
+            assert peak < 64 << 20, (i, kind, peak)
+            outcomes[(kind, res)] = outcomes.get((kind, res), 0) + 1
+            if i % 10 == 0:
+                capsys.readouterr()
+                assert main(["show", str(src)]) in (0, 2)
+                cap = capsys.readouterr()
+                assert "Traceback" not in cap.err
+    finally:
+        tracemalloc.stop()
+    assert all(outcomes.get((k, "NashirError")) for k in ("truncated", "bit-flipped", "oversized claim"))
