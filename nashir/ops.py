@@ -9,6 +9,12 @@ Shapes are tuples in NCHW order; the batch dimension may be a symbol (a ``str`` 
 Weights follow ONNX layouts: Conv ``W`` is OIHW ``(C_out, C_in/group, kH, kW)``, Gemm ``W`` is
 ``(out, in)`` (always normalised so that ``transB=1``; as ONNX's default is ``transB=0``, a Gemm
 node must say ``transB=1`` explicitly).
+
+Index lists that later opsets pass as int64 inputs are attributes in the IR, so that every input of a
+node is float32 data or a float32 parameter: Pad keeps ``pads``/``mode``/``value`` (Pad-2 meaning) and
+Slice ``starts``/``ends``/``axes``/``steps`` (Slice-13 meaning). The ONNX exporter writes them as the
+inputs the target opset expects; the importer reads every opset's form. Split is imported as one
+Slice per output (the IR's ops have a fixed number of outputs).
 """
 
 from __future__ import annotations
@@ -32,6 +38,9 @@ FLATTEN = "flatten"
 CONCAT = "concat"
 COUPLER = "coupler"
 BLOCKER = "blocker"
+#: A grouped Conv (``1 < group``, not depthwise with multiplier 1): its input and output channels are
+#: tied to ``group`` blocks; it is widened by the same factor in every group (``nashir.passes``).
+GROUPED = "grouped"
 
 
 @dataclass(frozen=True)
@@ -224,7 +233,7 @@ def _conv_channel(node):
     cin = node.inputs[0].shape[1] if node.inputs[0].shape else None
     if w is not None and w[1] == 1 and cin == g and w[0] == g:
         return PER_CHANNEL  # depthwise, channel multiplier 1
-    return BLOCKER
+    return GROUPED
 
 
 _CONV_ATTRS = {
@@ -300,6 +309,13 @@ for _op, _attrs, _sign in [
     ("Tanh", {}, _all_nonneg),
     ("Identity", {}, _all_nonneg),
     ("Dropout", {"seed": AttrSpec("int", None)}, _all_nonneg),
+    # Elu: x for x > 0, alpha*(exp(x) - 1) else (Clevert et al. 2016, arXiv 1511.07289, eq. 15)
+    ("Elu", {"alpha": AttrSpec("float", 1.0)}, _all_nonneg),
+    # HardSigmoid: max(0, min(1, alpha*x + beta)) (ONNX HardSigmoid-6); always in [0, 1]
+    ("HardSigmoid", {"alpha": AttrSpec("float", 0.2), "beta": AttrSpec("float", 0.5)}, lambda n, s: True),
+    # HardSwish: x * max(0, min(1, x/6 + 1/2)) (Howard et al. 2019, MobileNetV3, arXiv 1905.02244,
+    # section 5.2); negative for -3 < x < 0, so non-negative only when x is
+    ("HardSwish", {}, _all_nonneg),
 ]:
     register_op(
         OpSpec(_op, 1, 1, _same, attrs=dict(_attrs), channel=lambda node: TRANSPARENT, sign=_sign)
@@ -419,6 +435,12 @@ register_op(
            macs=lambda a, i, o: _prod([d for d in i[0][1:] if _is_int(d)]),
            channel=lambda n: TRANSPARENT, sign=_all_nonneg)
 )
+# GlobalMaxPool: max over every spatial axis, N x C x S... -> N x C x 1...
+register_op(
+    OpSpec("GlobalMaxPool", 1, 1, _gap_infer,
+           macs=lambda a, i, o: _prod([d for d in i[0][1:] if _is_int(d)]),
+           channel=lambda n: TRANSPARENT, sign=_all_nonneg)
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -533,6 +555,11 @@ register_op(
            macs=lambda a, i, o: 3 * _prod([d for d in o[0][1:] if _is_int(d)]),
            sign=lambda n, s: True)
 )
+# LogSoftmax: x - log(sum(exp(x))) along one axis (opset-13 semantics); always <= 0
+register_op(
+    OpSpec("LogSoftmax", 1, 1, _softmax_infer, attrs={"axis": AttrSpec("int", -1)},
+           macs=lambda a, i, o: 3 * _prod([d for d in o[0][1:] if _is_int(d)]))
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -628,12 +655,29 @@ def per_channel_const(node) -> int | None:
     return None
 
 
+def channel_aligned(a: Shape | None, b: Shape | None) -> bool:
+    """True when two data shapes of one rank (>= 2) have the same batch and the same known channel
+    count and broadcast only on the other axes: ``N x C x H x W`` with ``N x C x 1 x 1`` (a
+    squeeze-and-excitation scale), or two equal shapes. Then ``y[:, c] = f(a[:, c], b[:, c])``
+    for an element-wise ``f``: channel ``c`` of the result depends only on channel ``c`` of each
+    operand."""
+    if a is None or b is None or len(a) != len(b) or len(a) < 2:
+        return False
+    if a[0] != b[0] or a[1] != b[1] or not _is_int(a[1]):
+        return False
+    return all(x == y or x == 1 or y == 1 for x, y in zip(a[2:], b[2:]))
+
+
 def _binary_channel(node):
+    """Add/Mul: per-channel with a per-channel constant; a *coupler* for two data tensors whose
+    channels align (:func:`channel_aligned`: a residual sum, SiLU's ``x * sigmoid(x)``, a
+    squeeze-and-excitation ``x * s`` with ``s`` of shape ``N x C x 1 x 1``): both operands must
+    change their channels the same way; a blocker otherwise."""
     if per_channel_const(node) is not None:
         return PER_CHANNEL
-    if node.op_type == "Add" and all(v.const is None for v in node.inputs):
-        if node.inputs[0].shape == node.inputs[1].shape:
-            return COUPLER
+    if all(v.const is None for v in node.inputs) and channel_aligned(node.inputs[0].shape,
+                                                                    node.inputs[1].shape):
+        return COUPLER
     return BLOCKER
 
 
@@ -694,6 +738,183 @@ register_op(
            channel=_concat_channel,
            sign=lambda n, s: all(s[i] or (v.const is not None and (v.const >= 0).all())
                                  for i, v in enumerate(n.inputs)))
+)
+
+
+# --------------------------------------------------------------------------------------------
+# PRelu, InstanceNormalization
+
+
+def _prelu_infer(attrs, shapes, consts):
+    x, slope = shapes[0], shapes[1]
+    try:
+        ok = len(slope) <= len(x) and broadcast(x, slope) == tuple(x)
+    except ShapeError:
+        ok = False
+    if not ok:
+        raise ShapeError(f"PRelu slope {_fmt(slope)} must broadcast to the input {_fmt(x)} (unidirectional: "
+                         "e.g. [C,1,1] or [1] for an N x C x H x W input)")
+    return [tuple(x)]
+
+
+def _prelu_channel(node):
+    """Per-channel when the slope is one value, or one value per channel (shape (C,1,..,1)); else a
+    blocker (a slope per element does not follow a change of the channel count)."""
+    x, slope = node.inputs[0].shape, node.inputs[1].shape
+    full = (1,) * (len(x) - len(slope)) + tuple(slope)
+    return PER_CHANNEL if all(d == 1 for i, d in enumerate(full) if i != 1) else BLOCKER
+
+
+register_op(
+    OpSpec("PRelu", 2, 2, _prelu_infer, param_inputs=frozenset({1}),
+           macs=lambda a, i, o: _prod([d for d in o[0][1:] if _is_int(d)]),
+           channel=_prelu_channel, sign=_all_nonneg)
+)
+
+
+def _instnorm_infer(attrs, shapes, consts):
+    x = shapes[0]
+    if x is None or len(x) < 3:
+        raise ShapeError(f"InstanceNormalization input must be N x C x spatial..., got {_fmt(x)}")
+    for i, nm in ((1, "scale"), (2, "B")):
+        if tuple(shapes[i]) != (x[1],):
+            raise ShapeError(f"InstanceNormalization {nm} has shape {_fmt(shapes[i])}, expected [{x[1]}] "
+                             "(one per channel)")
+    return [tuple(x)]
+
+
+# InstanceNormalization: y = scale[c] * (x - mean_c) / sqrt(var_c + epsilon) + B[c], mean and
+# variance over the spatial axes of each sample and channel (Ulyanov et al. 2016, arXiv 1607.08022,
+# eq. 4); every channel is normalised alone, so it is per-channel for the channel analysis.
+register_op(
+    OpSpec("InstanceNormalization", 3, 3, _instnorm_infer, param_inputs=frozenset({1, 2}),
+           attrs={"epsilon": AttrSpec("float", 1e-5)},
+           macs=lambda a, i, o: 2 * _prod([d for d in o[0][1:] if _is_int(d)]),
+           channel=lambda n: PER_CHANNEL)
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Pad, Slice (the IR keeps their index lists as attributes: see the module docstring)
+
+PAD_MODES = ("constant", "reflect", "edge")
+
+
+def _pad_infer(attrs, shapes, consts):
+    x = shapes[0]
+    r = len(x)
+    pads = list(attrs["pads"])
+    if len(pads) != 2 * r:
+        raise ShapeError(f"Pad pads {pads} must have 2 * rank = {2 * r} entries (begins, then ends)")
+    if any(p < 0 for p in pads):
+        raise ShapeError(f"Pad pads {pads} must be >= 0 (the IR does not crop with negative pads)")
+    out = []
+    for i, d in enumerate(x):
+        b, e = pads[i], pads[i + r]
+        if not _is_int(d):
+            if b or e:
+                raise ShapeError(f"Pad pads {pads} pad axis {i}, whose size {d!r} is symbolic (the batch)")
+            out.append(d)
+            continue
+        if attrs["mode"] == "reflect" and (b >= d or e >= d):
+            raise ShapeError(f"Pad mode 'reflect' needs pads smaller than the axis: axis {i} has {d}, "
+                             f"pads ({b},{e})")
+        if attrs["mode"] == "edge" and d == 0 and (b or e):
+            raise ShapeError(f"Pad mode 'edge' cannot pad the empty axis {i}")
+        out.append(d + b + e)
+    return [tuple(out)]
+
+
+def _pad_check(attrs, node_name):
+    if attrs["mode"] not in PAD_MODES:
+        raise OpError(f"node {node_name!r} (Pad): mode={attrs['mode']!r}; the IR supports "
+                      f"{', '.join(PAD_MODES)}")
+
+
+def _pad_channel(node):
+    """Transparent when only axes 2.. are padded (each channel is padded on its own); a blocker when
+    the batch or channel axis is padded (constant channels would be added)."""
+    r = len(node.inputs[0].shape)
+    p = node.attrs["pads"]
+    return TRANSPARENT if r >= 3 and not any(p[i] or p[i + r] for i in (0, 1)) else BLOCKER
+
+
+def _pad_sign(node, nonneg):
+    fill_ok = node.attrs["mode"] != "constant" or node.attrs["value"] >= 0
+    return _all_nonneg(node, nonneg) and fill_ok
+
+
+# Pad (ONNX Pad-2 attribute meaning; Pad-11+ carry pads and the value as inputs, which export writes)
+register_op(
+    OpSpec("Pad", 1, 1, _pad_infer,
+           attrs={"pads": AttrSpec("ints"), "mode": AttrSpec("string", "constant"),
+                  "value": AttrSpec("float", 0.0)},
+           channel=_pad_channel, sign=_pad_sign, check=_pad_check)
+)
+
+#: ``end`` of a Slice that runs to the end of its axis (ONNX's INT64_MAX convention).
+SLICE_TO_END = 2**63 - 1
+
+
+def slice_range(dim: int, start: int, end: int, step: int) -> tuple[int, int, int]:
+    """``(start, end, length)`` of an ONNX Slice along an axis of ``dim`` elements, after the
+    Slice-13 rules: negative indices count from the end; start and end are clamped to
+    ``[0, dim]`` (step > 0) or ``[0, dim-1]`` / ``[-1, dim-1]`` (step < 0);
+    ``length = max(0, ceil((end - start) / step))``."""
+    if start < 0:
+        start += dim
+    if end < 0:
+        end += dim
+    if step > 0:
+        start, end = min(max(start, 0), dim), min(max(end, 0), dim)
+    else:
+        start, end = min(max(start, 0), dim - 1), min(max(end, -1), dim - 1)
+    length = max(0, -(-(end - start) // step))
+    return start, end, length
+
+
+def _slice_infer(attrs, shapes, consts):
+    x = shapes[0]
+    r = len(x)
+    starts, ends = list(attrs["starts"]), list(attrs["ends"])
+    axes = list(attrs.get("axes") or range(len(starts)))
+    steps = list(attrs.get("steps") or [1] * len(starts))
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        raise ShapeError(f"Slice starts {starts}, ends {ends}, axes {axes} and steps {steps} must have one "
+                         "entry per sliced axis")
+    axes = [a + r if a < 0 else a for a in axes]
+    if any(not 0 <= a < r for a in axes) or len(set(axes)) != len(axes):
+        raise ShapeError(f"Slice axes {list(attrs.get('axes') or [])} must be distinct axes of rank {r}")
+    if any(s == 0 for s in steps):
+        raise ShapeError(f"Slice steps {steps} must not be 0")
+    out = list(x)
+    for a, b, e, st in zip(axes, starts, ends, steps):
+        d = x[a]
+        if not _is_int(d):
+            if b == 0 and e >= SLICE_TO_END // 2 and st == 1:
+                continue   # the whole (symbolic) axis
+            raise ShapeError(f"Slice cuts axis {a}, whose size {d!r} is symbolic (the batch)")
+        length = slice_range(d, b, e, st)[2]
+        if length == 0:
+            raise ShapeError(f"Slice [{b}:{e}:{st}] of axis {a} (size {d}) selects no elements")
+        out[a] = length
+    return [tuple(out)]
+
+
+def _slice_channel(node):
+    """Transparent when only axes 2.. are cut (each channel keeps its own elements); a blocker when
+    the channel (or batch) axis is cut."""
+    r = len(node.inputs[0].shape)
+    axes = [a + r if a < 0 else a for a in (node.attrs.get("axes") or range(len(node.attrs["starts"])))]
+    return TRANSPARENT if r >= 3 and all(a >= 2 for a in axes) else BLOCKER
+
+
+# Slice (ONNX Slice-13 meaning, with starts/ends/axes/steps as attributes: Slice-1 kept them there)
+register_op(
+    OpSpec("Slice", 1, 1, _slice_infer,
+           attrs={"starts": AttrSpec("ints"), "ends": AttrSpec("ints"), "axes": AttrSpec("ints", None),
+                  "steps": AttrSpec("ints", None)},
+           channel=_slice_channel, sign=_all_nonneg)
 )
 
 
@@ -773,6 +994,11 @@ def normalize_attrs(
                 out["pads"] = [0] * (2 * nsp)
     if op_type == "Transpose" and out.get("perm") is None and input_shapes and input_shapes[0] is not None:
         out["perm"] = list(range(len(input_shapes[0])))[::-1]
+    if op_type == "Slice" and out.get("starts") is not None:
+        if out.get("axes") is None:
+            out["axes"] = list(range(len(out["starts"])))
+        if out.get("steps") is None:
+            out["steps"] = [1] * len(out["starts"])
     out = {k: v for k, v in out.items() if v is not None}
     if spec.check is not None:
         spec.check(out, node_name)
@@ -817,6 +1043,7 @@ def conv_out_size(size: int, k: int, stride: int = 1, pad: int = 0, dil: int = 1
 __all__ = [
     "OPS", "OpSpec", "AttrSpec", "REQUIRED", "register_op", "get_op", "supported_ops", "normalize_attrs",
     "count_params", "param_values", "count_macs", "broadcast", "reshape_target", "window_out",
-    "per_channel_const",
-    "conv_out_size", "TRANSPARENT", "PER_CHANNEL", "ABSORBER", "FLATTEN", "CONCAT", "COUPLER", "BLOCKER",
+    "per_channel_const", "channel_aligned", "slice_range", "SLICE_TO_END", "PAD_MODES",
+    "conv_out_size", "GROUPED", "TRANSPARENT", "PER_CHANNEL", "ABSORBER", "FLATTEN", "CONCAT", "COUPLER",
+    "BLOCKER",
 ]

@@ -32,6 +32,7 @@ idempotence condition; Chen, Goodfellow & Shlens 2016, arXiv 1511.05641, section
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -42,7 +43,8 @@ from nashir.ir import Graph, Node, Value
 
 PRODUCER_OPS = ("Conv", "Gemm")
 
-_ACTIVATIONS = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "Dropout", "Identity"}
+_ACTIVATIONS = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "Dropout", "Identity", "Elu", "HardSigmoid",
+                "HardSwish", "PRelu"}
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,10 @@ class ChannelFlow:
         per_channel: the per-channel arrays to remap.
         absorbers: the absorbing nodes and the segments of their inputs.
         reason: None when the flow is applicable, else why not.
+        groups: ``G``, the least common multiple of the ``group`` counts of the grouped Convs in
+            the producer group and among the absorbers (1 when there are none). A new channel
+            layout must then keep ``G`` blocks: new channels ``k*q/G ... (k+1)*q/G - 1`` copy
+            only old channels ``k*n/G ... (k+1)*n/G - 1`` (:func:`grouped_conv_groups`).
     """
 
     source: str
@@ -108,6 +114,7 @@ class ChannelFlow:
     per_channel: list[PerChannelArray] = field(default_factory=list)
     absorbers: list[Absorber] = field(default_factory=list)
     reason: str | None = None
+    groups: int = 1
 
     @property
     def ok(self) -> bool:
@@ -127,6 +134,7 @@ class ChannelFlow:
             "per_channel": [[a.node.name, a.input, a.axis, a.offset, a.block] for a in self.per_channel],
             "absorbers": [[a.node.name, a.input, a.offset, a.block] for a in self.absorbers],
             "reason": self.reason,
+            "groups": self.groups,
         }
 
 
@@ -197,6 +205,14 @@ def _per_channel_arrays(nd: Node, data: Value, offset: int, block: int) -> list[
         if len(nd.inputs) > 2 and nd.inputs[2] is not None:
             out.append(PerChannelArray(nd, 2, 0, offset, block))
         return out
+    if op == "InstanceNormalization":
+        return [PerChannelArray(nd, i, 0, offset, block) for i in (1, 2)]
+    if op == "PRelu":
+        c = nd.inputs[1].const
+        axis = 1 - (len(data.shape) - c.ndim)
+        if axis < 0 or c.shape[axis] == 1:
+            return [PerChannelArray(nd, 1, None, offset, block)]
+        return [PerChannelArray(nd, 1, axis, offset, block)]
     if op in ("Add", "Mul"):
         di = _data_input_of_per_channel(nd)
         ci = 1 - di
@@ -214,7 +230,15 @@ def _producer_width(nd: Node) -> int | None:
 
 
 def _is_producer(nd: Node) -> bool:
-    return nd.op_type == "Gemm" or (nd.op_type == "Conv" and nd.attrs.get("group", 1) == 1)
+    """Gemm and every Conv: a grouped (or depthwise) Conv is widened by the same factor in every
+    group (see :attr:`ChannelFlow.groups`)."""
+    return nd.op_type in PRODUCER_OPS
+
+
+def grouped_conv_groups(nd: Node) -> int:
+    """The ``group`` of a Conv whose channels are tied to groups (grouped, or depthwise as a
+    producer); 1 for Gemm and ungrouped Convs."""
+    return int(nd.attrs.get("group", 1)) if nd.op_type == "Conv" else 1
 
 
 def _trace_back(value: Value, offset: int, block: int, n: int) -> list[Node]:
@@ -235,7 +259,7 @@ def _trace_back(value: Value, offset: int, block: int, n: int) -> list[Node]:
         if nd is None:
             raise _Stop(f"a residual sum couples it with {v.name!r}, a graph input, which cannot be widened")
         beh = _ops.get_op(nd.op_type).channel(nd)
-        if _is_producer(nd) and beh == _ops.ABSORBER:
+        if _is_producer(nd) and beh in (_ops.ABSORBER, _ops.GROUPED):
             w = _producer_width(nd)
             if o == 0 and w == n:
                 if all(f is not nd for f in found):
@@ -324,6 +348,16 @@ def _sweep(graph: Graph, pos: dict[int, int], seeds: list[Value], n: int, couple
                     raise _Stop(_blocker_reason(nd, v))
                 for o, b in sorted(segs[id(v)]):
                     absorbers.append(Absorber(nd, i, o, b))
+        elif beh == _ops.GROUPED:
+            for i, v in carried:
+                if i != 0:
+                    raise _Stop(_blocker_reason(nd, v))
+                if segs[id(v)] != {(0, 1)} or _int_dim(v, 1) != n:
+                    raise _Stop(
+                        f"{v.name!r} flows into grouped convolution {nd.name!r} (group={nd.attrs['group']}) "
+                        f"carrying channels {sorted(segs[id(v)])} of its {_int_dim(v, 1)}; a grouped conv is "
+                        "widened by whole groups only when its input is exactly the widened channels")
+                absorbers.append(Absorber(nd, 0, 0, 1))
         elif beh == _ops.FLATTEN:
             x = nd.inputs[0]
             spatial = x.shape[2:] if x.shape is not None else None
@@ -342,14 +376,14 @@ def _sweep(graph: Graph, pos: dict[int, int], seeds: list[Value], n: int, couple
                     out.add((start + o, b))
                 start += w
         elif beh == _ops.COUPLER:
-            if not couple:
-                raise _Stop(
-                    f"{carried[0][1].name!r} flows into {nd.name!r} (Add of two tensors, a residual sum); "
-                    "the other operand would have to change too"
-                )
             need: set[tuple[int, int]] = set()
             for x in nd.inputs:
                 need |= segs.get(id(x), set())
+            if not couple and any(segs.get(id(x), set()) != need for x in nd.inputs):
+                raise _Stop(
+                    f"{carried[0][1].name!r} flows into {nd.name!r} ({nd.op_type} of two tensors, a residual "
+                    "sum or a gate); the other operand would have to change too"
+                )
             for x in nd.inputs:
                 for o, b in sorted(need - segs.get(id(x), set())):
                     found = _trace_back(x, o, b, n)
@@ -420,11 +454,6 @@ def channel_flow(graph: Graph, source: Node | Value | str, couple: bool = True) 
         if nd.op_type not in PRODUCER_OPS:
             flow.reason = f"node {nd.name!r} is a {nd.op_type}; only Conv and Gemm produce channels to widen"
             return flow
-        if not _is_producer(nd):
-            flow.reason = (f"node {nd.name!r} is a grouped convolution (group={nd.attrs.get('group')}); "
-                           "its output channels are tied to input groups, widen the producer of its "
-                           "input instead")
-            return flow
         if n is None:
             flow.reason = f"node {nd.name!r} has no known output width (shape {nd.outputs[0].shape})"
             return flow
@@ -463,6 +492,10 @@ def channel_flow(graph: Graph, source: Node | Value | str, couple: bool = True) 
                     for o, b in sorted(segs[k])]
     flow.per_channel = per_channel
     flow.absorbers = absorbers
+    groups = 1
+    for nd in [*producers, *(a.node for a in absorbers)]:
+        groups = math.lcm(groups, grouped_conv_groups(nd))
+    flow.groups = groups
     return flow
 
 
@@ -555,7 +588,7 @@ def is_layer_output(v: Value) -> bool:
         return False
 
     def inner(u: Node) -> bool:
-        if u.op_type == "BatchNormalization" or u.op_type in _ACTIVATIONS:
+        if u.op_type in ("BatchNormalization", "InstanceNormalization") or u.op_type in _ACTIVATIONS:
             return True
         return u.op_type in ("Add", "Mul") and _ops.per_channel_const(u) is not None
 
@@ -571,5 +604,5 @@ def layer_outputs(graph: Graph) -> list[Value]:
 
 __all__ = [
     "Carried", "Absorber", "PerChannelArray", "ChannelFlow", "channel_flow", "nonneg_values", "is_nonneg",
-    "is_layer_output", "layer_outputs", "resolve_value", "PRODUCER_OPS",
+    "is_layer_output", "layer_outputs", "resolve_value", "PRODUCER_OPS", "grouped_conv_groups",
 ]

@@ -15,9 +15,17 @@ import numpy as np
 from nashir.errors import GraphError, NashirError, NotApplicable, PassError
 from nashir.ir import Graph, Node
 
-from .analysis import ChannelFlow, channel_flow
+from .analysis import ChannelFlow, channel_flow, grouped_conv_groups
 from .base import Pass, PassResult, Site, as_rng, register_pass
-from .transforms import SPLITS, replica_split, segment_map, split_columns, take_channels, widen_mapping
+from .transforms import (
+    SPLITS,
+    grouped_widen_mapping,
+    replica_split,
+    segment_map,
+    split_columns,
+    split_columns_grouped,
+    take_channels,
+)
 
 # fill values for *fresh* channels (no source) of per-channel arrays, by op and input index
 _FRESH_FILL = {
@@ -25,6 +33,9 @@ _FRESH_FILL = {
     ("BatchNormalization", 2): 0.0,  # bias
     ("BatchNormalization", 3): 0.0,  # running mean
     ("BatchNormalization", 4): 1.0,  # running var
+    ("InstanceNormalization", 1): 1.0,  # scale
+    ("InstanceNormalization", 2): 0.0,  # bias
+    ("PRelu", 1): 0.25,  # slope (torch's default); fresh channels get zero weights downstream
     ("Mul", 0): 1.0, ("Mul", 1): 1.0,
     ("Add", 0): 0.0, ("Add", 1): 0.0,
 }
@@ -120,7 +131,7 @@ def remap_channels(graph: Graph, flow: ChannelFlow, local_idx: np.ndarray,
         if a.axis is None or (id(a.node), a.input) in done_pc:
             continue
         done_pc.add((id(a.node), a.input))
-        per_op_data = a.node.op_type in ("BatchNormalization", "Conv")
+        per_op_data = a.node.op_type in ("BatchNormalization", "Conv", "InstanceNormalization", "PRelu")
         data = a.node.inputs[0] if per_op_data else a.node.inputs[1 - a.input]
         idx, _ = value_map(data)
         fill = _FRESH_FILL.get((a.node.op_type, a.input), 0.0)
@@ -133,7 +144,16 @@ def remap_channels(graph: Graph, flow: ChannelFlow, local_idx: np.ndarray,
             continue
         done_abs.add(id(a.node))
         idx, w = value_map(a.node.inputs[a.input])
-        put(a.node, 1, split_columns(cur(a.node, 1), idx, w, axis=1))
+        groups = grouped_conv_groups(a.node)
+        if groups > 1:
+            try:
+                put(a.node, 1, split_columns_grouped(cur(a.node, 1), idx, w, groups))
+            except ValueError as e:
+                raise PassError(f"changing the channels of {flow.source!r}: the new layout does not keep the "
+                                f"{groups} groups of {a.node.name!r} ({e}); build it with "
+                                "grouped_widen_mapping(n, q, flow.groups, rng)") from None
+        else:
+            put(a.node, 1, split_columns(cur(a.node, 1), idx, w, axis=1))
     # --- commit: unshare, then set, then infer shapes (restored on failure)
     targets = [(node, i, arr) for node, i, arr in new.values()]
     values = [_private_const(graph, node, i) for node, i, _ in targets]
@@ -205,14 +225,16 @@ class Net2Wider(Pass):
         self.factors = tuple(factors)
         self.split = split
 
-    def target_width(self, n: int, rng: np.random.Generator | None = None) -> int:
-        """The new width for a producer of ``n`` channels (draws a factor when none is set)."""
+    def target_width(self, n: int, rng: np.random.Generator | None = None, groups: int = 1) -> int:
+        """The new width for a producer of ``n`` channels (draws a factor when none is set); with
+        ``groups`` > 1 (channels tied to grouped Convs) rounded up to a multiple of ``groups``."""
         if self.width is not None:
             return self.width
         f = self.factor
         if f is None:
             f = self.factors[int(rng.integers(len(self.factors)))] if rng is not None else self.factors[0]
-        return max(n + 1, int(math.ceil(min(n * f, MAX_WIDTH + 1.0) - 1e-9)))  # capped: check() refuses it
+        q = max(n + 1, int(math.ceil(min(n * f, MAX_WIDTH + 1.0) - 1e-9)))  # capped: check() refuses it
+        return -(-q // groups) * groups
 
     def _node(self, graph: Graph, site: NodeSite) -> Node | str:
         try:
@@ -227,14 +249,17 @@ class Net2Wider(Pass):
         flow = channel_flow(graph, nd)
         if not flow.ok:
             return flow, flow.reason
-        return flow, self._width_reason(nd, flow.width)
+        return flow, self._width_reason(nd, flow.width, flow.groups)
 
-    def _width_reason(self, nd: Node, n: int) -> str | None:
+    def _width_reason(self, nd: Node, n: int, groups: int = 1) -> str | None:
         """Why the configured width or factor does not fit a producer of ``n`` channels (or None)."""
         if self.width is not None and self.width <= n:
             return (f"the new width {self.width} is not larger than the current {n} channels "
                     f"of {nd.name!r}; give a larger width")
-        if self.factor is not None and self.target_width(n) > MAX_WIDTH:
+        if self.width is not None and self.width % groups:
+            return (f"the channels of {nd.name!r} are tied to grouped convolutions with {groups} groups, so "
+                    f"the new width must be a multiple of {groups}; {self.width} is not")
+        if self.factor is not None and self.target_width(n, groups=groups) > MAX_WIDTH:
             return (f"factor {self.factor} would give {nd.name!r} more channels than a layer may have "
                     f"({MAX_WIDTH}); give a smaller factor")
         return None
@@ -257,7 +282,7 @@ class Net2Wider(Pass):
                 continue
             flow = channel_flow(graph, nd)
             seen.update(id(p) for p in flow.producers)
-            if flow.ok and self._width_reason(nd, flow.width) is None:
+            if flow.ok and self._width_reason(nd, flow.width, flow.groups) is None:
                 out.append(NodeSite(nd.name))
         return out
 
@@ -273,14 +298,19 @@ class Net2Wider(Pass):
     def _widen(self, graph: Graph, flow: ChannelFlow, rng: np.random.Generator) -> PassResult:
         nd = flow.producers[0]
         n = flow.width
-        q = self.target_width(n, rng)
-        g = widen_mapping(n, q, rng)
+        q = self.target_width(n, rng, flow.groups)
+        g = grouped_widen_mapping(n, q, flow.groups, rng)
         s = replica_split(g, n, self.split, rng)
         remap_channels(graph, flow, g, s, producer_rows=True)
-        return PassResult(graph, True, {
+        info = {
             "node": nd.name, "producers": [p.name for p in flow.producers], "from": int(n), "to": int(q),
             "split": self.split, "new_sources": [int(x) for x in g[n:]],
-        })
+        }
+        if flow.groups > 1:   # new channels sit at the end of each group
+            per = q // flow.groups
+            info["new_sources"] = [int(x) for j, x in enumerate(g) if j % per >= n // flow.groups]
+            info["groups"] = int(flow.groups)
+        return PassResult(graph, True, info)
 
 
 __all__ = ["Net2Wider", "NodeSite", "remap_channels"]

@@ -30,6 +30,56 @@ def widen_mapping(n: int, q: int, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate([np.arange(n, dtype=np.int64), extra.astype(np.int64)])
 
 
+def grouped_widen_mapping(n: int, q: int, groups: int, rng: np.random.Generator) -> np.ndarray:
+    """Net2WiderNet's mapping kept inside ``groups`` blocks, for channels tied to a grouped Conv.
+
+    With ``m = n / G`` old and ``p = q / G`` new channels per group, new channel ``k*p + i`` copies
+    old channel ``k*m + i`` for ``i < m`` and a channel drawn uniformly from ``k*m ... k*m + m - 1``
+    (its own group) for ``m <= i < p``. Every new channel then stays in the group of the channel it
+    copies, so a grouped Conv reading (or writing) these channels keeps ``G`` groups of ``p``
+    channels and computes the same function (Net2Net section 2.2, eq. (1), applied per group).
+    ``G = 1`` is :func:`widen_mapping` (the same draws).
+
+    Raises:
+        ValueError: ``q < n``, or ``n`` or ``q`` not a multiple of ``groups``.
+    """
+    if groups == 1:
+        return widen_mapping(n, q, rng)
+    if n < 1 or q < n or n % groups or q % groups:
+        raise ValueError(f"grouped_widen_mapping needs n <= q, both multiples of groups={groups}; got n={n}, "
+                         f"q={q}")
+    m, p = n // groups, q // groups
+    extra = rng.integers(0, m, size=(groups, p - m))
+    base = (np.arange(groups, dtype=np.int64) * m)[:, None]
+    return np.concatenate([base + np.arange(m, dtype=np.int64)[None, :], base + extra], axis=1).reshape(-1)
+
+
+def split_columns_grouped(w: np.ndarray, idx: np.ndarray, weight: np.ndarray, groups: int) -> np.ndarray:
+    """A grouped Conv's OIHW weight ``(C_out, C_in/G, kH, kW)`` for a new input layout ``idx``
+    (length ``q``, kept in ``G`` blocks as :func:`grouped_widen_mapping` makes it): in group ``k``
+    (output rows ``k*C_out/G ...``), new input column ``i`` is old column ``idx[k*q/G + i] - k*C_in/G``
+    of that group times ``weight[...]``, as :func:`split_columns` does for ``G = 1``.
+
+    Raises:
+        ValueError: a new channel of group ``k`` copies a channel of another group (the layout does
+            not keep the groups), or the sizes do not divide by ``groups``.
+    """
+    idx = np.asarray(idx, dtype=np.int64)
+    weight = np.asarray(weight, dtype=np.float64)
+    cout, m = w.shape[0], w.shape[1]
+    q = len(idx)
+    if q % groups or cout % groups:
+        raise ValueError(f"{q} new input channels or {cout} outputs do not divide into {groups} groups")
+    p, r = q // groups, cout // groups
+    out = np.empty((cout, p) + w.shape[2:], dtype=w.dtype)
+    for k in range(groups):
+        loc = idx[k * p:(k + 1) * p] - k * m
+        if np.any((loc < 0) | (loc >= m)):
+            raise ValueError(f"new input channels of group {k} copy channels outside old group {k}")
+        out[k * r:(k + 1) * r] = split_columns(w[k * r:(k + 1) * r], loc, weight[k * p:(k + 1) * p], axis=1)
+    return out
+
+
 def replica_split(g: np.ndarray, n: int, split: str = "equal",
                   rng: np.random.Generator | None = None) -> np.ndarray:
     """Factors that split an absorber's input column for channel ``c`` among its replicas ``R(c)``.
@@ -222,6 +272,7 @@ def pool_factors(size_in: Sequence[int], size_out: Sequence[int]) -> tuple[list[
 
 
 __all__ = [
-    "SPLITS", "widen_mapping", "replica_split", "segment_map", "take_channels", "split_columns",
+    "SPLITS", "widen_mapping", "grouped_widen_mapping", "split_columns_grouped", "replica_split",
+    "segment_map", "take_channels", "split_columns",
     "identity_conv_weight", "identity_batchnorm", "pad_kernel", "pool_factor", "pool_factors",
 ]

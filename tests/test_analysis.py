@@ -38,6 +38,9 @@ def _names(flow):
     ("Dropout", {}),
     ("MaxPool", {"kernel_shape": [2, 2], "strides": [2, 2]}),
     ("AveragePool", {"kernel_shape": [3, 3], "strides": [1, 1], "pads": [1, 1, 1, 1]}),
+    ("Elu", {"alpha": 0.5}), ("HardSigmoid", {"alpha": 0.3, "beta": 0.4}), ("HardSwish", {}),
+    ("GlobalMaxPool", {}), ("Pad", {"pads": [0, 0, 1, 2, 0, 0, 2, 1], "mode": "reflect"}),
+    ("Slice", {"starts": [1], "ends": [5], "axes": [3], "steps": [2]}),
 ])
 def test_transparent_ops_are_followed(op, attrs):
     b, h = _src()
@@ -91,6 +94,25 @@ def test_per_channel_constant(op, cshape, axis):
     f = channel_flow(_head(b, h), "src")
     assert f.ok, f.reason
     assert _names(f)["per_channel"] == [("pc", 1, axis, 0, 1)]
+
+
+@pytest.mark.parametrize("cshape,axis", [((4, 1, 1), 0), ((1,), None)])
+def test_prelu_slope_is_per_channel(cshape, axis):
+    b, h = _src()
+    c = b.graph.add_const(np.full(cshape, 0.25, np.float32), "slope")
+    h = b.graph.add_node("PRelu", [h, c], name="pr").output
+    f = channel_flow(_head(b, h), "src")
+    assert f.ok, f.reason
+    assert _names(f)["per_channel"] == [("pr", 1, axis, 0, 1)]
+
+
+def test_instance_normalization_is_per_channel_with_two_arrays():
+    b, h = _src()
+    sc, bi = (b.graph.add_const(np.ones(4, np.float32), k) for k in ("s", "bb"))
+    h = b.graph.add_node("InstanceNormalization", [h, sc, bi], name="inorm").output
+    f = channel_flow(_head(b, h), "src")
+    assert f.ok, f.reason
+    assert _names(f)["per_channel"] == [("inorm", 1, 0, 0, 1), ("inorm", 2, 0, 0, 1)]
 
 
 def test_per_channel_constant_on_the_left():
@@ -265,18 +287,60 @@ def test_lrn_blocks():
     assert "'lrn' (LRN)" in _blocked(build)
 
 
-def test_grouped_conv_blocks():
+def test_grouped_conv_is_an_absorber_that_sets_the_groups():
+    b, h = _src(c=4)
+    g = _head(b, b.conv(h, 6, group=2, name="gc"))
+    f = channel_flow(g, "src")
+    assert f.ok, f.reason
+    assert _names(f)["absorbers"] == [("gc", 0, 0, 1)] and f.groups == 2
+    # as a producer, its own groups count
+    f = channel_flow(g, "gc")
+    assert f.ok and f.groups == 2 and _names(f)["absorbers"] == [("abs", 0, 0, 1)]
+
+
+def test_grouped_conv_reading_part_of_a_concat_blocks():
     def build(b, h):
-        return _head(b, b.conv(h, 4, group=2, name="gc"))
+        other = b.conv(b.input, 2, name="o")
+        return _head(b, b.conv(b.concat([other, h], name="cat"), 6, group=3, name="gc"))
     r = _blocked(build)
-    assert "'gc' (Conv)" in r and "group=2" in r
+    assert "'gc'" in r and "group=3" in r and "exactly the widened channels" in r
 
 
-def test_mul_of_two_data_tensors_blocks():
+def test_mul_gate_couples_the_gate_producer():
+    """Squeeze-and-excitation: x * sigmoid(conv(gap(x))): the gate's producer joins the group."""
+    b, h = _src()
+    gate = b.op("Sigmoid", b.conv(b.global_avgpool(h), 4, kernel=1, name="exc"), name="sg")
+    g = _head(b, b.graph.add_node("Mul", [h, gate], name="m").output)
+    f = channel_flow(g, "src")
+    assert f.ok, f.reason
+    n = _names(f)
+    assert n["producers"] == ["src", "exc"]
+    assert ("m", 0, 1) in n["carried"] and ("sg", 0, 1) in n["carried"]
+
+
+def test_mul_of_two_data_tensors_that_broadcast_over_channels_blocks():
     def build(b, h):
-        other = b.conv(b.input, 4, name="o")
+        other = b.conv(b.input, 1, name="o")
         return _head(b, b.graph.add_node("Mul", [h, other], name="m").output)
     assert "'m' (Mul)" in _blocked(build)
+
+
+def test_silu_without_coupling_is_followed():
+    """x * sigmoid(x): both operands carry the same channels, also with couple=False."""
+    b, h = _src()
+    m = b.graph.add_node("Mul", [h, b.op("Sigmoid", h, name="sg")], name="m").output
+    g = _head(b, m)
+    f = channel_flow(g, g.value("src"), couple=False)
+    assert f.ok, f.reason and ("m", 0, 1) in _names(f)["carried"]
+
+
+@pytest.mark.parametrize("op,attrs", [
+    ("Pad", {"pads": [0, 1, 0, 0, 0, 0, 0, 0]}), ("Slice", {"starts": [0], "ends": [2], "axes": [1]}),
+])
+def test_pad_or_slice_of_the_channel_axis_blocks(op, attrs):
+    def build(b, h):
+        return _head(b, b.op(op, h, name="ps", **attrs))
+    assert f"'ps' ({op})" in _blocked(build)
 
 
 def test_concat_on_another_axis_blocks():
@@ -297,8 +361,8 @@ def test_non_producers_are_not_applicable():
     assert "Relu" in channel_flow(g, "r1").reason
     b = GraphBuilder("g", (4, 5, 5), seed=0)
     h = b.conv(b.input, 4, group=4, name="dw")
-    f = channel_flow(_head(b, h), "dw")
-    assert not f.ok and "grouped" in f.reason
+    f = channel_flow(_head(b, h), "dw")   # a depthwise conv as producer: widened within its groups
+    assert f.ok and f.groups == 4
 
 
 def test_summary_is_json_serialisable():

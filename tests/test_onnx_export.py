@@ -46,7 +46,22 @@ def _graph_all_ops():
     f = b.op("Softmax", f, axis=1)
     r = g.add_node("Reshape", [gp, g.add_const(np.array([0, -1], np.int64), "shape_c")]).output
     t = b.op("Transpose", h, perm=[0, 2, 3, 1])
-    return b.build(f, r, t)
+    # ops of issue 16: activations, PRelu, InstanceNormalization, Pad, Slice, GlobalMaxPool, LogSoftmax
+    k = b.op("Elu", h, alpha=0.7)
+    k = b.op("HardSigmoid", k, alpha=0.3, beta=0.4)
+    k = b.op("HardSwish", k)
+    k = g.add_node("PRelu", [k, g.add_const(np.linspace(-0.5, 0.5, 16).astype(np.float32).reshape(16, 1, 1),
+                                            "slope_c")]).output
+    sc = g.add_const(np.linspace(0.5, 2, 16).astype(np.float32), "in_s")
+    bi = g.add_const(np.linspace(-1, 1, 16).astype(np.float32), "in_b")
+    k = g.add_node("InstanceNormalization", [k, sc, bi], {"epsilon": 1e-3}).output
+    k = b.op("Pad", k, pads=[0, 0, 1, 0, 0, 0, 0, 2], mode="reflect")
+    k = b.op("Pad", k, pads=[0, 0, 0, 1, 0, 0, 1, 0], mode="constant", value=0.5)
+    k = b.op("Pad", k, pads=[0, 0, 1, 1, 0, 0, 1, 1], mode="edge")
+    k = b.op("Slice", k, starts=[2, 1, 7], ends=[14, 6, -(2**63)], axes=[1, 2, 3], steps=[3, 1, -2])
+    k = b.flatten(b.op("GlobalMaxPool", k))
+    k = b.op("LogSoftmax", k, axis=1)
+    return b.build(f, r, t, k)
 
 
 def test_every_op_is_covered():
@@ -62,7 +77,7 @@ def test_export_all_ops_matches_torch(batch):
     x = np.random.default_rng(0).normal(size=(batch, 4, 9, 9)).astype(np.float32)
     got = run(g, x)
     want = torch_reference(g, x)
-    assert len(got) == len(want) == 3
+    assert len(got) == len(want) == 4
     for a, b in zip(got, want):
         assert_close(a, b)
 

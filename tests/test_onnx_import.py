@@ -574,14 +574,105 @@ def test_zero_pad_folded_into_convs(opset, tmp_path):
     assert g.node("c1").attrs["pads"] == [2, 2, 2, 1] and g.node("c2").attrs["pads"] == [1, 2, 2, 0]
 
 
-def test_pad_that_cannot_be_folded_is_unsupported(tmp_path):
+def test_pad_that_crops_is_unsupported(tmp_path):
     nodes = [helper.make_node("Pad", ["x", "pads"], ["p"], name="pad", mode="reflect"),
              helper.make_node("Conv", ["p", "w"], ["y"], name="c")]
-    m = make_model(nodes, [init("w", W(2, 3, 3, 3)), init("pads", np.array([0, 0, 1, 1, 0, 0, 1, 1]))])
+    m = make_model(nodes, [init("w", W(2, 3, 3, 3)), init("pads", np.array([0, 0, -1, 1, 0, 0, 1, 1]))])
     from nashir.errors import UnsupportedOpError
 
-    with pytest.raises(UnsupportedOpError, match=r"Pad: pad \(mode='reflect'"):
+    with pytest.raises(UnsupportedOpError, match=r"Pad: pad \(mode='reflect'.*non-negative pads"):
         nashir.load(m)
+
+
+@pytest.mark.parametrize("opset", [9, 11, 13, 18])
+@pytest.mark.parametrize("mode,value", [("constant", 0.0), ("constant", -1.5), ("reflect", 0.0),
+                                        ("edge", 0.0)])
+def test_pad_that_is_not_folded_becomes_the_ir_pad(opset, mode, value, tmp_path):
+    """A Pad before a MaxPool (the opset-9 zero pad of torch's ZeroPad2d), or any mode: one IR Pad."""
+    pads = [0, 0, 1, 0, 0, 0, 0, 2]
+    if opset < 11:
+        pad = helper.make_node("Pad", ["x"], ["p"], name="pad", mode=mode, pads=pads, value=value)
+        inits = []
+    else:
+        pad = helper.make_node("Pad", ["x", "pads", "cv"], ["p"], name="pad", mode=mode)
+        inits = [init("pads", np.array(pads, np.int64)), init("cv", np.array(value, np.float32))]
+    nodes = [pad, helper.make_node("MaxPool", ["p"], ["y"], name="mp", kernel_shape=[2, 2], strides=[2, 2])]
+    g = roundtrip(make_model(nodes, inits, opset=opset), tmp_path)
+    assert ops_of(g) == ["Pad", "MaxPool"]
+    assert g.node("pad").attrs == {"pads": pads, "mode": mode, "value": value}
+    assert g.value("y").shape == ("N", 3, 4, 5)
+
+
+@pytest.mark.parametrize("opset", [7, 9, 11, 13, 14, 17])
+def test_new_activations_prelu_instance_norm(opset, tmp_path):
+    """Elu, HardSigmoid, HardSwish (opset 14+), PRelu with a per-channel slope, InstanceNormalization,
+    GlobalMaxPool and LogSoftmax: imported one to one, same outputs in onnxruntime after load -> save."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Elu", ["c"], ["e"], name="elu", alpha=0.6),
+        helper.make_node("HardSigmoid", ["e"], ["hs"], name="hsig", alpha=0.25, beta=0.45),
+        helper.make_node("PRelu", ["hs", "slope"], ["pr"], name="prelu"),
+        helper.make_node("InstanceNormalization", ["pr", "sc", "bi"], ["inn"], name="inorm", epsilon=1e-3),
+    ]
+    last = "inn"
+    if opset >= 14:
+        nodes.append(helper.make_node("HardSwish", ["inn"], ["hw"], name="hswish"))
+        last = "hw"
+    nodes += [helper.make_node("GlobalMaxPool", [last], ["gm"], name="gmp"),
+              helper.make_node("Flatten", ["gm"], ["f"], name="fl"),
+              helper.make_node("LogSoftmax", ["f"], ["y"], name="ls", axis=1)]
+    inits = [init("w", W(4, 3, 3, 3)), init("slope", W(4, 1, 1)), init("sc", W(4) + 1), init("bi", W(4))]
+    g = roundtrip(make_model(nodes, inits, opset=opset), tmp_path)
+    want = ["Conv", "Elu", "HardSigmoid", "PRelu", "InstanceNormalization"] + (
+        ["HardSwish"] if opset >= 14 else []) + ["GlobalMaxPool", "Flatten", "LogSoftmax"]
+    assert ops_of(g) == want
+    assert g.node("hsig").attrs == {"alpha": 0.25, "beta": 0.45} and g.node("elu").attrs == {"alpha": 0.6}
+
+
+@pytest.mark.parametrize("opset", [9, 10, 13, 18])
+def test_slice_forms(opset, tmp_path):
+    """Slice: attributes before 10, inputs after (negative indices, ends past the axis, steps);
+    the IR keeps clamped, explicit starts/ends/axes/steps."""
+    if opset < 10:
+        node = helper.make_node("Slice", ["x"], ["y"], name="sl", starts=[1, -3], ends=[100, -1], axes=[2, 3])
+        inits, steps = [], [1, 1]
+    else:
+        node = helper.make_node("Slice", ["x", "st", "en", "ax", "sp"], ["y"], name="sl")
+        steps = [2, -1]
+        inits = [init("st", np.array([1, -3])), init("en", np.array([100, -9])), init("ax", np.array([2, 3])),
+                 init("sp", np.array(steps))]
+    g = roundtrip(make_model([node], inits, opset=opset), tmp_path)
+    a = g.node("sl").attrs
+    if opset < 10:
+        assert a == {"starts": [1, 5], "ends": [8, 7], "axes": [2, 3], "steps": [1, 1]}
+        assert g.value("y").shape == ("N", 3, 7, 2)
+    else:
+        assert a == {"starts": [1, 5], "ends": [8, -(2**63)], "axes": [2, 3], "steps": [2, -1]}
+        assert g.value("y").shape == ("N", 3, 4, 6)
+
+
+@pytest.mark.parametrize("opset", [11, 13, 18])
+@pytest.mark.parametrize("sizes", [None, [2, 4]])
+def test_split_becomes_one_slice_per_output(opset, sizes, tmp_path):
+    d = 6
+    ins, inits, attrs = ["c"], [init("w", W(d, 3, 1, 1))], {"axis": 1}
+    if sizes is not None and opset < 13:
+        attrs["split"] = sizes
+    elif sizes is not None:
+        ins.append("sp")
+        inits.append(init("sp", np.array(sizes, np.int64)))
+    elif opset >= 18:
+        attrs["num_outputs"] = 2
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("Split", ins, ["a", "b"], name="split", **attrs),
+             helper.make_node("Relu", ["a"], ["y"], name="ra"),
+             helper.make_node("Relu", ["b"], ["z"], name="rb")]
+    g = roundtrip(make_model(nodes, inits, out=["y", "z"], opset=opset), tmp_path)
+    assert ops_of(g) == ["Conv", "Slice", "Slice", "Relu", "Relu"]
+    first = (sizes or [3, 3])[0]
+    assert g.node("split").attrs == {"starts": [0], "ends": [first], "axes": [1], "steps": [1]}
+    assert g.node("split_1").attrs == {"starts": [first], "ends": [d], "axes": [1], "steps": [1]}
+    assert g.value("y").shape[1] == first and g.value("z").shape[1] == d - first
 
 
 def test_gemm_trans_a(tmp_path):

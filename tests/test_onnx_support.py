@@ -92,6 +92,36 @@ def torch_reference(graph, x: np.ndarray) -> list[np.ndarray]:
             y = ins[0] * ins[1]
         elif op == "Concat":
             y = torch.cat(ins, a["axis"])
+        elif op == "Elu":
+            y = torch.where(ins[0] > 0, ins[0], a["alpha"] * (torch.exp(ins[0]) - 1))
+        elif op == "HardSigmoid":
+            y = torch.clamp(a["alpha"] * ins[0] + a["beta"], 0, 1)
+        elif op == "HardSwish":
+            y = ins[0] * torch.clamp(ins[0] + 3, 0, 6) / 6
+        elif op == "PRelu":
+            y = torch.where(ins[0] >= 0, ins[0], ins[0] * ins[1])
+        elif op == "GlobalMaxPool":
+            y = ins[0].amax(dim=tuple(range(2, ins[0].dim())), keepdim=True)
+        elif op == "LogSoftmax":
+            z = ins[0] - ins[0].amax(a["axis"], keepdim=True)
+            y = z - torch.log(torch.exp(z).sum(a["axis"], keepdim=True))
+        elif op == "InstanceNormalization":
+            sp = tuple(range(2, ins[0].dim()))
+            sh = (1, -1) + (1,) * (ins[0].dim() - 2)
+            mu = ins[0].mean(sp, keepdim=True)
+            var = ((ins[0] - mu) ** 2).mean(sp, keepdim=True)
+            y = (ins[0] - mu) / torch.sqrt(var + a["epsilon"]) * ins[1].view(sh) + ins[2].view(sh)
+        elif op == "Pad":   # numpy's pad as the independent reference
+            r = ins[0].dim()
+            width = [(a["pads"][i], a["pads"][i + r]) for i in range(r)]
+            mode = a["mode"]
+            kw = {"constant_values": a["value"]} if mode == "constant" else {}
+            y = torch.from_numpy(np.pad(ins[0].numpy(), width, mode=mode, **kw))
+        elif op == "Slice":
+            sl = [slice(None)] * ins[0].dim()
+            for ax, b_, e_, st in zip(a["axes"], a["starts"], a["ends"], a["steps"]):
+                sl[ax] = slice(b_, None if e_ < -(2**62) else e_, st)
+            y = torch.from_numpy(np.ascontiguousarray(ins[0].numpy()[tuple(sl)]))
         else:  # pragma: no cover - a new op needs a reference here
             raise NotImplementedError(op)
         env[n.outputs[0].name] = y

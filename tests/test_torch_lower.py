@@ -573,3 +573,25 @@ def test_deepcopy_keeps_the_name_maps():
     update_weights(g, m)
     assert np.array_equal(g.value("gemm_0.bias").const,
                           m.get_submodule(m.nashir_modules["gemm_0"]).bias.detach().numpy())
+
+
+def test_ops_of_issue_16_match_onnxruntime():
+    """Elu, HardSigmoid, HardSwish, PRelu, InstanceNormalization, Pad (three modes), Slice (negative
+    step), GlobalMaxPool, LogSoftmax: the graph that covers every op, torch against onnxruntime."""
+    from test_onnx_export import _graph_all_ops
+
+    g = _graph_all_ops()
+    x = np.random.default_rng(3).normal(size=(3, 4, 9, 9)).astype(np.float32)
+    want = ort_run(g, x)
+    m = to_torch(g).eval()
+    with torch.no_grad():
+        got = m(torch.from_numpy(x))
+    assert len(got) == len(want) == 4
+    for a, b in zip(got, want):
+        assert_close(a.numpy(), b)
+    # PRelu's slope and InstanceNormalization's scale/bias are trained and written back bit for bit
+    assert {"slope_c", "in_s", "in_b"} <= set(m.nashir_weights)
+    g2 = g.clone()
+    update_weights(g2, m)
+    for k in ("slope_c", "in_s", "in_b"):
+        assert np.array_equal(g2.value(k).const, g.value(k).const)

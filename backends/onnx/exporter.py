@@ -109,8 +109,9 @@ def _fill_tensor(t: onnx.TensorProto, name: str, arr: np.ndarray) -> None:
         t.raw_data = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
 
 
-def _attrs_for_opset(node, opset: int) -> dict:
-    """The node's attributes that the ``opset`` schema knows; neutral others are dropped, others refused."""
+def _attrs_for_opset(node, opset: int, attrs: dict | None = None) -> dict:
+    """The node's attributes (or ``attrs``) that the ``opset`` schema knows; neutral others are dropped,
+    others refused."""
     try:
         schema = onnx.defs.get_schema(node.op_type, opset, "")
     except onnx.defs.SchemaError:
@@ -118,7 +119,7 @@ def _attrs_for_opset(node, opset: int) -> dict:
             f"node {node.name!r}: op {node.op_type} does not exist at opset {opset}; export at a newer opset"
         ) from None
     out = {}
-    for k, v in node.attrs.items():
+    for k, v in (node.attrs if attrs is None else attrs).items():
         if v is None:
             continue
         if k in schema.attributes:
@@ -133,6 +134,31 @@ def _attrs_for_opset(node, opset: int) -> dict:
             f"(e.g. opset=19 for AveragePool dilations) or change the node"
         )
     return out
+
+
+#: IR attributes that the exported opsets (13 and up) carry as inputs: op -> [(attribute, dtype)], in
+#: input order after the data input (Pad-11+: pads, constant_value; Slice-10+: starts, ends, axes, steps).
+_ATTR_INPUTS = {
+    "Pad": [("pads", np.int64), ("value", np.float32)],
+    "Slice": [("starts", np.int64), ("ends", np.int64), ("axes", np.int64), ("steps", np.int64)],
+}
+
+
+def _attr_inputs(nd, taken: set[str], used_consts: dict) -> tuple[list[str], dict]:
+    """For Pad and Slice: the extra input names (new int64/float32 initializers named after the node)
+    and the attributes left as attributes."""
+    names, attrs = [], dict(nd.attrs)
+    for key, dtype in _ATTR_INPUTS[nd.op_type]:
+        val = attrs.pop(key)
+        arr = np.array(val, dtype=dtype).reshape(() if key == "value" else -1)
+        base = f"{nd.name}.{key}"
+        name, k = base, 1
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        taken.add(name)
+        used_consts[name] = arr
+        names.append(name)
+    return names, attrs
 
 
 def _write_metadata(model: onnx.ModelProto, graph: Graph) -> None:
@@ -193,6 +219,7 @@ def to_onnx(graph: Graph, opset: int | None = None) -> onnx.ModelProto:
     gp = model.graph
     gp.name = graph.name or "graph"
     used_consts: dict[str, np.ndarray] = {}
+    taken = set(graph.values)
     for nd in graph.nodes:
         ins = []
         for v in nd.inputs:
@@ -204,8 +231,14 @@ def to_onnx(graph: Graph, opset: int | None = None) -> onnx.ModelProto:
             ins.append(v.name)
         while ins and ins[-1] == "":
             ins.pop()
+        if nd.op_type in _ATTR_INPUTS:
+            extra, left = _attr_inputs(nd, taken, used_consts)
+            ins += extra
+            attrs = _attrs_for_opset(nd, opset, left)
+        else:
+            attrs = _attrs_for_opset(nd, opset)
         gp.node.append(helper.make_node(nd.op_type, ins, [o.name for o in nd.outputs], name=nd.name,
-                                        **_attrs_for_opset(nd, opset)))
+                                        **attrs))
     for v in graph.outputs:
         if v.is_const:
             used_consts[v.name] = v.const

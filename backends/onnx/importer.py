@@ -24,8 +24,11 @@ What the importer normalises, so that the IR has one form per meaning (ONNX opse
 * ``Sum`` becomes ``Add`` (a chain for more than two inputs); ``Sub``/``Div`` by a constant become
   ``Add``/``Mul`` by its negation/reciprocal; ``ReduceMean`` over all spatial axes with
   ``keepdims=1`` becomes ``GlobalAveragePool`` (with ``keepdims=0``, ``GlobalAveragePool`` then
-  ``Flatten``); a zero ``Pad`` of the spatial axes that only
-  Convs read is added to their ``pads``.
+  ``Flatten``), ``ReduceMax`` likewise ``GlobalMaxPool``; a zero ``Pad`` of the spatial axes that only
+  Convs read is added to their ``pads``, any other Pad (every opset's form) becomes the IR's Pad;
+* ``Split`` becomes one ``Slice`` per output; ``Slice`` (attributes before opset 10, inputs after)
+  gets clamped, explicit ``starts``/``ends``/``axes``/``steps`` attributes; ``LogSoftmax`` before
+  opset 13 is read like Softmax.
 
 The batch dimension of every data input becomes the symbol ``"N"``; a model exported at batch 1
 runs at any batch once saved again. Node and value names are kept; an unnamed node gets a
@@ -78,6 +81,8 @@ _DATA_OPS = {
     "Conv", "BatchNormalization", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Identity", "Dropout", "Clip",
     "LRN", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Transpose", "Softmax",
     "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Sum", "Concat", "ReduceMean", "Squeeze", "Pad",
+    "Elu", "HardSigmoid", "HardSwish", "PRelu", "GlobalMaxPool", "LogSoftmax", "InstanceNormalization",
+    "Slice", "Split", "ReduceMax",
 }
 
 
@@ -924,6 +929,122 @@ class _Importer:
     def _op_GlobalAveragePool(self, node, a):
         return self._simple(node, "GlobalAveragePool")
 
+    def _op_GlobalMaxPool(self, node, a):
+        return self._simple(node, "GlobalMaxPool")
+
+    def _op_Elu(self, node, a):
+        return self._simple(node, "Elu", {"alpha": a.get("alpha", 1.0)})
+
+    def _op_HardSigmoid(self, node, a):
+        return self._simple(node, "HardSigmoid", {"alpha": a.get("alpha", 0.2), "beta": a.get("beta", 0.5)})
+
+    def _op_HardSwish(self, node, a):
+        return self._simple(node, "HardSwish")
+
+    def _op_PRelu(self, node, a):
+        x = self.data(node, 0)
+        self.param(node, 1, "slope")
+        return self.emit1(node, "PRelu", [x, self.const_value(node.input[1])], {})
+
+    def _op_InstanceNormalization(self, node, a):
+        x = self.data(node, 0)
+        c = x.shape[1]
+        ins = [x]
+        for k, what in ((1, "scale"), (2, "B")):
+            arr = self.param(node, k, what)
+            if arr.shape == (c,):
+                ins.append(self.const_value(node.input[k]))
+            elif arr.size == c:
+                ins.append(self.new_const(arr.reshape(c), node.input[k]))
+            else:
+                raise self.unsupported(node, f"{_node_label(node)} ({what} has shape {list(arr.shape)}, not "
+                                             f"one value per channel [{c}])")
+        return self.emit1(node, "InstanceNormalization", ins, {"epsilon": a.get("epsilon", 1e-5)})
+
+    def _slice_attrs(self, node, x: Value, axes, starts, ends, steps) -> dict | None:
+        """IR Slice attributes (axes >= 0, starts/ends clamped per :func:`nashir.ops.slice_range`; a
+        reversed slice through index 0 ends at INT64_MIN, which ONNX clamps to -1); None when the
+        slice keeps everything. The batch axis may only be taken whole."""
+        r = len(x.shape)
+        out = {"starts": [], "ends": [], "axes": [], "steps": []}
+        for ax, b, e, st in zip(axes, starts, ends, steps):
+            ax = ax + r if ax < 0 else ax
+            if not 0 <= ax < r:
+                raise self.fail(f"node {_node_label(node)!r} (Slice): axis {ax} is out of range for rank {r}")
+            d = x.shape[ax]
+            if not isinstance(d, int):
+                if b in (0, -_SYM) and st == 1 and (e >= _SYM or e >= 2**62):
+                    continue
+                raise self.unsupported(node, f"{_node_label(node)} (slices the batch axis {ax}; nashir keeps "
+                                             "the batch whole)")
+            b2, e2, n = _ops.slice_range(d, b, e, st)
+            if st == 1 and b2 == 0 and e2 == d:
+                continue
+            out["axes"].append(ax)
+            out["starts"].append(b2)
+            out["ends"].append(e2 if e2 >= 0 else -(2**63))
+            out["steps"].append(st)
+        return out if out["axes"] else None
+
+    def _emit_slice(self, node, x: Value, attrs: dict | None, name: str, out: str) -> Value:
+        if attrs is None:
+            return self.emit("Identity", [x], {}, name, out)
+        return self.emit("Slice", [x], attrs, name, out)
+
+    def _op_Slice(self, node, a):
+        x = self.data(node, 0)
+        if self.opset < 10:
+            starts, ends = list(a["starts"]), list(a["ends"])
+            axes = list(a.get("axes", range(len(starts))))
+            steps = [1] * len(starts)
+        else:
+            def ints(k, what, default):
+                arr = self.param(node, k, what, required=False)
+                return default if arr is None else [int(v) for v in np.asarray(arr).reshape(-1)]
+            starts = ints(1, "starts", None)
+            ends = ints(2, "ends", None)
+            axes = ints(3, "axes", list(range(len(starts))))
+            steps = ints(4, "steps", [1] * len(starts))
+        attrs = self._slice_attrs(node, x, axes, starts, ends, steps)
+        return self._emit_slice(node, x, attrs, self._name(node, "Slice"), node.output[0])
+
+    def _op_Split(self, node, a):
+        """Split into one IR Slice per output (the IR's ops have a fixed number of outputs)."""
+        x = self.data(node, 0)
+        r = len(x.shape)
+        axis = a.get("axis", 0)
+        axis = axis + r if axis < 0 else axis
+        d = x.shape[axis] if 0 <= axis < r else None
+        if not isinstance(d, int):
+            raise self.unsupported(node, f"{_node_label(node)} (splits axis {axis} of {list(x.shape)}, "
+                                         "which is not a known non-batch axis)")
+        k = len(node.output)
+        if self.opset < 13:
+            sizes = a.get("split")
+        else:
+            arr = self.param(node, 1, "split", required=False)
+            sizes = None if arr is None else [int(v) for v in np.asarray(arr).reshape(-1)]
+        if sizes is None:
+            if "num_outputs" in a:   # opset 18: ceil(d / n) each, the last one smaller
+                each = -(-d // int(a["num_outputs"]))
+                sizes = [min(each, d - i * each) for i in range(k)]
+            elif d % k:
+                raise self.fail(f"node {_node_label(node)!r} (Split) splits {d} into {k} equal parts")
+            else:
+                sizes = [d // k] * k
+        sizes = [int(v) for v in sizes]
+        if len(sizes) != k or sum(sizes) != d or any(v < 1 for v in sizes):
+            raise self.fail(f"node {_node_label(node)!r} (Split): sizes {sizes} do not split axis {axis} of "
+                            f"size {d} into its {k} outputs")
+        name = self._name(node, "Split")
+        start = 0
+        for i, (out, size) in enumerate(zip(node.output, sizes)):
+            if out:
+                nm = name if i == 0 else self.g.unique_node_name(f"{name}_{i}")
+                attrs = self._slice_attrs(node, x, [axis], [start], [start + size], [1])
+                self._emit_slice(node, x, attrs, nm, out)
+            start += size
+
     def _op_LRN(self, node, a):
         return self._simple(node, "LRN", {k: a[k] for k in ("alpha", "beta", "bias", "size") if k in a})
 
@@ -1007,13 +1128,17 @@ class _Importer:
         users = [self.onnx_graph.node[i] for i in self.consumers.get(node.output[0], [])]
         convs = all(u.op_type == "Conv" and u.input[0] == node.output[0]
                     and _attrs(u).get("auto_pad", "NOTSET") == "NOTSET" for u in users)
-        if (mode != "constant" or value != 0.0 or len(pads) != 2 * r or any(p < 0 for p in pads)
-                or any(pads[i] or pads[i + r] for i in (0, 1)) or not users or not convs
-                or node.output[0] in self.graph_outputs):
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        if (mode not in _ops.PAD_MODES or len(pads) != 2 * r or any(p < 0 for p in pads)
+                or pads[0] or pads[r]):
             raise self.unsupported(
-                node, f"{_node_label(node)} (mode={mode!r}, value={value}, pads={pads}; only zero padding of "
-                      "the spatial axes that feeds Convs is supported, and it is folded into their pads)")
-        self.pending_pad[node.output[0]] = (x, pads[2:r] + pads[r + 2:])
+                node, f"{_node_label(node)} (mode={mode!r}, value={value}, pads={pads}; nashir supports "
+                      f"non-negative pads of the non-batch axes in mode {', '.join(_ops.PAD_MODES)})")
+        if (mode == "constant" and value == 0.0 and not pads[1] and not pads[r + 1] and users and convs
+                and node.output[0] not in self.graph_outputs):
+            self.pending_pad[node.output[0]] = (x, pads[2:r] + pads[r + 2:])   # folded into the Convs
+            return None
+        return self.emit1(node, "Pad", [x], {"pads": pads, "mode": mode, "value": value})
 
     def _op_Conv(self, node, a):
         extra = None
@@ -1160,7 +1285,10 @@ class _Importer:
             node, f"{_node_label(node)} (axes {axes} of {list(x.shape)}; only the spatial 1x1 axes after "
                          "a global pooling are supported)")
 
-    def _op_ReduceMean(self, node, a):
+    def _op_ReduceMax(self, node, a):
+        return self._op_ReduceMean(node, a, "GlobalMaxPool", "ReduceMax")
+
+    def _op_ReduceMean(self, node, a, pool="GlobalAveragePool", op="ReduceMean"):
         x = self.data(node, 0)
         if self.opset >= 18 and len(node.input) > 1 and node.input[1]:
             axes = [int(v) for v in self.param(node, 1, "axes").reshape(-1)]
@@ -1170,26 +1298,26 @@ class _Importer:
         axes = list(range(r)) if axes is None else sorted(v + r if v < 0 else v for v in axes)
         if r >= 3 and axes == list(range(2, r)):
             if a.get("keepdims", 1) == 1:
-                return self.emit1(node, "GlobalAveragePool", [x], {})
-            # keepdims=0 (torch's x.mean((2, 3))): a global average pooling, then Flatten of the 1x1 axes
-            name = self._name(node, "GlobalAveragePool")
-            h = self.emit("GlobalAveragePool", [x], {}, name, f"{node.output[0]}_pooled", internal=True)
+                return self.emit1(node, pool, [x], {})
+            # keepdims=0 (torch's x.mean((2, 3))): a global pooling, then Flatten of the 1x1 axes
+            name = self._name(node, pool)
+            h = self.emit(pool, [x], {}, name, f"{node.output[0]}_pooled", internal=True)
             return self.emit("Flatten", [h], {"axis": 1}, self.g.unique_node_name(f"{name}_flatten"),
                              node.output[0])
         raise self.unsupported(
-            node, f"{_node_label(node)} (axes {axes}, keepdims={a.get('keepdims', 1)}; only a mean over "
-                            "all spatial axes, a global average pooling, is supported)")
+            node, f"{_node_label(node)} (axes {axes}, keepdims={a.get('keepdims', 1)}; only a {op} over "
+                            "all spatial axes, a global pooling, is supported)")
 
-    def _op_Softmax(self, node, a):
+    def _op_Softmax(self, node, a, op="Softmax"):
         x = self.data(node, 0)
         r = len(x.shape)
-        name = self._name(node, "Softmax")
+        name = self._name(node, op)
         if self.opset >= 13:
-            return self.emit("Softmax", [x], {"axis": a.get("axis", -1)}, name, node.output[0])
+            return self.emit(op, [x], {"axis": a.get("axis", -1)}, name, node.output[0])
         axis = a.get("axis", 1)
         axis = axis + r if axis < 0 else axis
         if axis == r - 1:
-            return self.emit("Softmax", [x], {"axis": axis}, name, node.output[0])
+            return self.emit(op, [x], {"axis": axis}, name, node.output[0])
         if axis == 0:
             raise self.unsupported(node, f"{name} (axis 0: a softmax across the batch)")
         # pre-13 semantics: softmax over the flattened dims axis..r-1 (ONNX Softmax-1/11 spec)
@@ -1201,9 +1329,12 @@ class _Importer:
             inner = [0, *rest[: axis - 1], math.prod(rest[axis - 1:])]
             t1 = self.new_const(np.array(inner, np.int64), f"{name}.shape_in")
             h = self.emit("Reshape", [x, t1], {}, flat_name, f"{node.output[0]}_2d", internal=True)
-        h = self.emit("Softmax", [h], {"axis": -1}, name, f"{node.output[0]}_softmax", internal=True)
+        h = self.emit(op, [h], {"axis": -1}, name, f"{node.output[0]}_{op.lower()}", internal=True)
         t2 = self.new_const(np.array([0, *rest], np.int64), f"{name}.shape_out")
         return self.emit("Reshape", [h, t2], {}, self.g.unique_node_name(f"{name}_unflatten"), node.output[0])
+
+    def _op_LogSoftmax(self, node, a):
+        return self._op_Softmax(node, a, "LogSoftmax")
 
     def _op_Gemm(self, node, a):
         x = self.data(node, 0)

@@ -45,6 +45,12 @@ GlobalAveragePool     :class:`GlobalAveragePool` (mean over the spatial axes).
 Relu, LeakyRelu,      ``nn.ReLU``, ``nn.LeakyReLU(alpha)``, ``nn.Sigmoid``, ``nn.Tanh``,
 Sigmoid, Tanh,        ``nn.Identity``.
 Identity
+Elu, HardSigmoid,     ``nn.ELU(alpha)``, :class:`HardSigmoid` (any alpha, beta), ``nn.Hardswish``,
+HardSwish, PRelu      :class:`PRelu` (trainable slope of the constant's shape).
+GlobalMaxPool,        :class:`GlobalMaxPool` (amax over the spatial axes), :class:`LogSoftmax`,
+LogSoftmax,           :class:`InstanceNorm` (``F.instance_norm``, trainable scale and bias),
+InstanceNormalization :class:`Pad` (``F.pad``; ``edge`` is torch's ``replicate``),
+Pad, Slice            :class:`Slice` (clamped ranges; negative steps by ``index_select``).
 ===================== =======================================================================
 
 Adding an op to the backend is adding one function with :func:`register_lowering`.
@@ -90,6 +96,13 @@ __all__ = [
     "Softmax",
     "Concat",
     "GlobalAveragePool",
+    "GlobalMaxPool",
+    "HardSigmoid",
+    "PRelu",
+    "InstanceNorm",
+    "Pad",
+    "Slice",
+    "LogSoftmax",
 ]
 
 
@@ -406,6 +419,20 @@ class Softmax(nn.Module):
         return f"axis={self.axis}"
 
 
+class LogSoftmax(nn.Module):
+    """ONNX LogSoftmax (opset 13 semantics): log-softmax along ``axis``."""
+
+    def __init__(self, axis: int):
+        super().__init__()
+        self.axis = int(axis)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return torch.log_softmax(x, self.axis)
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return f"axis={self.axis}"
+
+
 class Concat(nn.Module):
     """ONNX Concat along ``axis``; constant inputs are buffers ``c<index>``, data inputs are
     ``forward``'s arguments in input order."""
@@ -434,6 +461,109 @@ class GlobalAveragePool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return x.mean(dim=tuple(range(2, x.ndim)), keepdim=True)
+
+
+class GlobalMaxPool(nn.Module):
+    """ONNX GlobalMaxPool: max over every spatial axis, kept as size 1: (N, C, *S) -> (N, C, 1..)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return x.amax(dim=tuple(range(2, x.ndim)), keepdim=True)
+
+
+class HardSigmoid(nn.Module):
+    """ONNX HardSigmoid: ``max(0, min(1, alpha * x + beta))`` (torch's ``nn.Hardsigmoid`` is the
+    case alpha = 1/6, beta = 1/2)."""
+
+    def __init__(self, alpha: float, beta: float):
+        super().__init__()
+        self.alpha, self.beta = float(alpha), float(beta)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return torch.clamp(x * self.alpha + self.beta, 0.0, 1.0)
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return f"alpha={self.alpha}, beta={self.beta}"
+
+
+class PRelu(nn.Module):
+    """ONNX PRelu: ``x`` where ``x >= 0``, else ``slope * x``; ``slope`` (a trainable parameter) has
+    the IR constant's shape (``(C, 1, 1)``, ``(1,)``, ...) and broadcasts to the input."""
+
+    def __init__(self, slope: torch.Tensor):
+        super().__init__()
+        self.weight = nn.Parameter(slope)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return torch.where(x >= 0, x, x * self.weight)
+
+
+class InstanceNorm(nn.Module):
+    """ONNX InstanceNormalization over (N, C, *S): every sample and channel normalised by its own
+    spatial mean and (biased) variance, then ``scale[c] * x_hat + B[c]`` (Ulyanov et al. 2016,
+    arXiv 1607.08022, eq. 4); ``weight``/``bias`` are trainable. The same in train and eval mode."""
+
+    def __init__(self, scale: torch.Tensor, bias: torch.Tensor, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(scale)
+        self.bias = nn.Parameter(bias)
+        self.eps = float(eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+class Pad(nn.Module):
+    """ONNX Pad (non-negative pads ``[b_1..b_r, e_1..e_r]``): ``F.pad`` with ``mode`` constant
+    (``value``), reflect, or edge (torch's ``replicate``). Only axes from the first padded one
+    on are passed to ``F.pad``."""
+
+    def __init__(self, pads: list[int], mode: str, value: float):
+        super().__init__()
+        r = len(pads) // 2
+        first = next((i for i in range(r) if pads[i] or pads[i + r]), r)
+        self.fpad = tuple(int(p) for i in reversed(range(first, r)) for p in (pads[i], pads[i + r]))
+        self.mode = {"edge": "replicate"}.get(mode, mode)
+        self.value = float(value)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        if not self.fpad:
+            return x
+        if self.mode == "constant":
+            return F.pad(x, self.fpad, value=self.value)
+        return F.pad(x, self.fpad, mode=self.mode)
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return f"pad={self.fpad}, mode={self.mode}, value={self.value}"
+
+
+class Slice(nn.Module):
+    """ONNX Slice with constant, already clamped ``(axis, start, end, step)`` ranges
+    (:func:`nashir.ops.slice_range`): Python slicing for positive steps, ``index_select`` of the
+    precomputed indices (a buffer per axis) for negative ones."""
+
+    def __init__(self, ranges: list[tuple[int, int, int, int]]):
+        super().__init__()
+        self.pos = [(a, b, e, st) for a, b, e, st in ranges if st > 0]
+        self.neg = []
+        for k, (a, b, e, st) in enumerate([r for r in ranges if r[3] < 0]):
+            self.register_buffer(f"idx{k}", torch.arange(b, e, st, dtype=torch.int64))
+            self.neg.append(a)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        if self.pos:
+            sl = [slice(None)] * x.ndim
+            for a, b, e, st in self.pos:
+                sl[a] = slice(b, e, st)
+            x = x[tuple(sl)]
+        for k, a in enumerate(self.neg):
+            x = x.index_select(a, getattr(self, f"idx{k}"))
+        return x
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return f"ranges={self.pos}, reversed_axes={self.neg}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -514,6 +644,38 @@ register_lowering("GlobalAveragePool")(_simple(lambda n: GlobalAveragePool()))
 register_lowering("Softmax")(_simple(lambda n: Softmax(n.attrs["axis"])))
 register_lowering("LRN")(_simple(
     lambda n: LRN(n.attrs["size"], n.attrs["alpha"], n.attrs["beta"], n.attrs["bias"])))
+register_lowering("Elu")(_simple(lambda n: nn.ELU(float(n.attrs["alpha"]))))
+register_lowering("HardSigmoid")(_simple(lambda n: HardSigmoid(n.attrs["alpha"], n.attrs["beta"])))
+register_lowering("HardSwish")(_simple(lambda n: nn.Hardswish()))
+register_lowering("GlobalMaxPool")(_simple(lambda n: GlobalMaxPool()))
+register_lowering("LogSoftmax")(_simple(lambda n: LogSoftmax(n.attrs["axis"])))
+register_lowering("Pad")(_simple(lambda n: Pad(n.attrs["pads"], n.attrs["mode"], n.attrs["value"])))
+
+
+@register_lowering("PRelu")
+def _lower_prelu(node: Node) -> Lowered:
+    return Lowered(PRelu(_tensor(node.inputs[1].const)), [0], [(1, "weight", True)])
+
+
+@register_lowering("InstanceNormalization")
+def _lower_instnorm(node: Node) -> Lowered:
+    mod = InstanceNorm(_tensor(node.inputs[1].const), _tensor(node.inputs[2].const),
+                       node.attrs["epsilon"])
+    return Lowered(mod, [0], [(1, "weight", True), (2, "bias", True)])
+
+
+@register_lowering("Slice")
+def _lower_slice(node: Node) -> Lowered:
+    shp = node.inputs[0].shape
+    a = node.attrs
+    ranges = []
+    for ax, b, e, st in zip(a["axes"], a["starts"], a["ends"], a["steps"]):
+        ax = ax + len(shp) if ax < 0 else ax
+        if not isinstance(shp[ax], (int, np.integer)):
+            continue   # the whole symbolic axis (shape inference allows nothing else)
+        b2, e2, _ = _ops.slice_range(int(shp[ax]), b, e, st)
+        ranges.append((ax, b2, e2, st))   # for st < 0, e2 may be -1: arange(b2, -1, st) ends at index 0
+    return Lowered(Slice(ranges))
 
 
 @register_lowering("Dropout")
