@@ -20,6 +20,15 @@ Accepted specs:
     as validation. The split is fixed and independent of ``seed``. Stored as uint8; normalisation
     from the training part; augmentation (random crop from 4-pixel zero padding, horizontal flip)
     on by default.
+``fashion-mnist`` / ``mnist``
+    The four official IDX files (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+    ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each raw or ``.gz``) in ``data_dir``;
+    without ``data_dir``, in ``$NASHIR_DATA/<name>`` and then ``/usr/share/datasets/<name>``, where
+    Debian's ``dataset-fashion-mnist`` package installs Fashion-MNIST. 28x28 grey images, uint8,
+    10 classes. The last 10 000 of the 60 000 training images are the validation set (as the NASH
+    paper holds out the last 10 000 CIFAR training images), the official 10 000 test images the
+    test set. Augmentation on by default: random crop from 2-pixel zero padding, plus horizontal
+    flip for Fashion-MNIST only (a mirrored digit is another glyph; mirrored clothing is not).
 ``npz:PATH``
     A ``.npz`` file with ``x`` (N, C, H, W) uint8 or float and ``y`` (N,) integer labels, and
     optionally ``x_val, y_val`` and/or ``x_test, y_test``. A missing validation / test part is
@@ -42,12 +51,15 @@ import numpy as np
 
 from nashir.errors import DataError
 
-__all__ = ["Dataset", "load_dataset", "SPLITS", "DATASET_NAMES", "RestrictedUnpickler"]
+__all__ = ["Dataset", "load_dataset", "read_idx", "SPLITS", "DATASET_NAMES", "RestrictedUnpickler"]
 
 #: Split names accepted by :meth:`Dataset.split`.
 SPLITS = ("train", "val", "test", "trainval")
 #: Data set specs accepted by :func:`load_dataset` (``npz:PATH`` takes a path after the colon).
-DATASET_NAMES = ("digits", "cifar10", "cifar100", "npz:PATH")
+DATASET_NAMES = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "npz:PATH")
+#: Folders searched, in order, for the IDX files of ``fashion-mnist`` / ``mnist`` when no
+#: ``data_dir`` is given: ``$NASHIR_DATA/<name>``, then this one (``/usr/share/datasets/<name>``).
+SYSTEM_DATA_DIR = Path("/usr/share/datasets")
 
 _CIFAR_PIXELS = 3 * 32 * 32
 
@@ -74,8 +86,11 @@ class Dataset:
             0..255 for uint8 CIFAR), computed from the training split.
         std: Per-channel standard deviation, shape (C,) float32, same units; a channel with zero
             spread gets 1. The trainer feeds ``(x - mean) / std`` to the network.
-        augment: Whether training batches are augmented (random crop from 4-pixel zero padding
-            and horizontal flip, done per batch on the device by the trainer).
+        augment: Whether training batches are augmented (random crop from ``crop_pad``-pixel zero
+            padding and, if ``flip``, a random horizontal flip; done per batch on the device by
+            the trainer).
+        crop_pad: Zero padding of the random crop, pixels per side (CIFAR 4, (Fashion-)MNIST 2).
+        flip: Whether augmentation mirrors images horizontally with probability 1/2.
 
     Raises:
         DataError: On construction, if the arrays do not fit together (ndim, lengths, channel
@@ -93,8 +108,15 @@ class Dataset:
     mean: np.ndarray
     std: np.ndarray
     augment: bool = False
+    crop_pad: int = 4
+    flip: bool = True
 
     def __post_init__(self) -> None:
+        pad = self.crop_pad
+        if not isinstance(pad, (int, np.integer)) or isinstance(pad, bool) or pad < 0:
+            raise DataError(f"data set {self.name!r}: crop_pad must be an integer >= 0, got {pad!r}")
+        self.crop_pad = int(self.crop_pad)
+        self.flip = bool(self.flip)
         shape = None
         for part in ("train", "val", "test"):
             x = getattr(self, f"x_{part}")
@@ -175,7 +197,9 @@ class Dataset:
         return (
             f"Dataset({self.name!r}, train={len(self.y_train)}, val={len(self.y_val)}, "
             f"test={len(self.y_test)}, input=({c}, {h}, {w}) {self.x_train.dtype}, "
-            f"classes={self.num_classes}, augment={self.augment})"
+            f"classes={self.num_classes}, augment={self.augment}"
+            + (f" (crop pad {self.crop_pad}{', flip' if self.flip else ''})" if self.augment else "")
+            + ")"
         )
 
 
@@ -193,13 +217,15 @@ def load_dataset(
     """Load a data set from local files (never downloads).
 
     Args:
-        spec: ``"digits"``, ``"cifar10"``, ``"cifar100"`` or ``"npz:PATH"`` (case of the name
-            does not matter). See the module docstring for each.
-        data_dir: Folder holding the CIFAR files (either official layout); required for
-            ``cifar10`` / ``cifar100``, ignored otherwise.
+        spec: ``"digits"``, ``"fashion-mnist"``, ``"mnist"``, ``"cifar10"``, ``"cifar100"`` or
+            ``"npz:PATH"`` (case of the name does not matter). See the module docstring for each.
+        data_dir: Folder holding the CIFAR files (either official layout; required for
+            ``cifar10`` / ``cifar100``) or the IDX files (``fashion-mnist`` / ``mnist``; optional,
+            see the module docstring for the folders searched without it); ignored otherwise.
         seed: Seed (an integer >= 0) of the stratified splits of ``digits`` and ``npz`` (the CIFAR
             split is fixed).
-        augment: Override the data set's default augmentation flag (on for CIFAR, off otherwise).
+        augment: Override the data set's default augmentation flag (on for CIFAR and
+            (Fashion-)MNIST, off otherwise).
 
     Returns:
         The :class:`Dataset`, images NCHW.
@@ -226,6 +252,8 @@ def load_dataset(
         ds = _load_digits(seed)
     elif name in ("cifar10", "cifar100"):
         ds = _load_cifar(name, data_dir)
+    elif name in _IDX_SETS:
+        ds = _load_idx_set(name, data_dir)
     else:
         raise DataError(f"unknown data set {spec!r}; expected one of {_names()}")
     if augment is not None:
@@ -303,6 +331,8 @@ def _make(
     yte: np.ndarray,
     num_classes: int,
     augment: bool,
+    crop_pad: int = 4,
+    flip: bool = True,
 ) -> Dataset:
     mean, std = _channel_stats(xtr)
     return Dataset(
@@ -317,6 +347,8 @@ def _make(
         mean=mean,
         std=std,
         augment=augment,
+        crop_pad=crop_pad,
+        flip=flip,
     )
 
 
@@ -587,6 +619,175 @@ def _load_cifar(name: str, data_dir: str | Path | None) -> Dataset:
     x_tr, y_tr = x_all[: n - n_val], y_all[: n - n_val]
     x_va, y_va = x_all[n - n_val :], y_all[n - n_val :]
     return _make(name, x_tr, y_tr, x_va, y_va, x_te, y_te, ncls, augment=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Fashion-MNIST and MNIST (IDX files)
+# --------------------------------------------------------------------------------------------
+
+#: name -> (how to get the files, flip in augmentation)
+_IDX_SETS = {
+    "fashion-mnist": (
+        "On Debian/Ubuntu: apt-get install dataset-fashion-mnist (installs them in "
+        "/usr/share/datasets/fashion-mnist); or download the four .gz files from "
+        "https://github.com/zalandoresearch/fashion-mnist (data/fashion) into one folder",
+        True,
+    ),
+    "mnist": (
+        "Download the four official .gz files (train-images-idx3-ubyte.gz, ...) of MNIST into one "
+        "folder and pass it with --data-dir, or put them in $NASHIR_DATA/mnist",
+        False,
+    ),
+}
+_IDX_FILES = {
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
+}
+#: IDX element type codes (byte 3 of the magic number); nashir reads unsigned bytes only.
+_IDX_UBYTE = 0x08
+_IDX_VAL = 10_000  # the last 10 000 training images are the validation set
+_IDX_MAX_ITEMS = 10_000_000  # an IDX header claiming more images than this is refused
+_IDX_MAX_SIDE = 4096
+
+
+def _idx_dirs(name: str, data_dir: str | Path | None) -> list[Path]:
+    import os
+
+    if data_dir is not None:
+        return [Path(data_dir).expanduser()]
+    dirs = []
+    env = os.environ.get("NASHIR_DATA")
+    if env:
+        dirs.append(Path(env).expanduser() / name)
+    dirs.append(SYSTEM_DATA_DIR / name)
+    return dirs
+
+
+def _idx_path(folder: Path, base: str) -> Path | None:
+    for cand in (folder / base, folder / (base + ".gz")):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def read_idx(path: str | Path, ndim: int) -> np.ndarray:
+    """Read one IDX file (LeCun et al.'s MNIST format: big-endian magic ``0x0000TTDD`` with type
+    ``TT = 0x08`` unsigned bytes and ``DD`` dimensions, then ``DD`` big-endian uint32 sizes, then
+    the data), raw or gzip-compressed (by the ``.gz`` suffix).
+
+    Args:
+        path: The file.
+        ndim: Dimensions expected: 3 for images (N, rows, cols), 1 for labels (N,).
+
+    Returns:
+        A uint8 array of the stored shape.
+
+    Raises:
+        DataError: Unreadable or corrupt gzip, bad magic number (not IDX, wrong element type or
+            dimension count), sizes above the caps, or a file shorter or longer than its header
+            says; the message names the file.
+    """
+    import gzip
+    import zlib
+
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(4)
+            if len(head) < 4:
+                raise DataError(f"{path}: truncated IDX file ({len(head)} bytes; the header needs 4)")
+            if head[0] != 0 or head[1] != 0 or head[2] != _IDX_UBYTE or head[3] != ndim:
+                raise DataError(
+                    f"{path}: bad IDX magic number 0x{head.hex()}; expected 0x000008{ndim:02x} "
+                    f"(unsigned bytes, {ndim} dimension(s)). Is this the right file "
+                    f"({'images' if ndim == 3 else 'labels'}), and not an HTML page or a renamed file?"
+                )
+            dims_raw = f.read(4 * ndim)
+            if len(dims_raw) < 4 * ndim:
+                raise DataError(f"{path}: truncated IDX header (the {ndim} sizes are cut off)")
+            dims = [int(d) for d in np.frombuffer(dims_raw, dtype=">u4")]
+            if dims[0] > _IDX_MAX_ITEMS or any(d > _IDX_MAX_SIDE or d < 1 for d in dims[1:]):
+                raise DataError(
+                    f"{path}: IDX header claims shape {tuple(dims)}; nashir reads at most "
+                    f"{_IDX_MAX_ITEMS} items of at most {_IDX_MAX_SIDE} pixels a side"
+                )
+            need = int(np.prod(dims))
+            body = f.read(need)
+            extra = f.read(1)
+    except DataError:
+        raise
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: cannot read the IDX file: {type(e).__name__}: {e}") from e
+    if len(body) < need:
+        raise DataError(
+            f"{path}: truncated IDX file: the header claims shape {tuple(dims)} ({need} bytes of data), "
+            f"but only {len(body)} bytes follow; download the file again"
+        )
+    if extra:
+        raise DataError(
+            f"{path}: {need} bytes of data expected after the header (shape {tuple(dims)}), but the file is "
+            "longer; is it the right file?"
+        )
+    return np.frombuffer(bytearray(body), dtype=np.uint8).reshape(dims)  # writable, owns its memory
+
+
+def _load_idx_set(name: str, data_dir: str | Path | None) -> Dataset:
+    howto, flip = _IDX_SETS[name]
+    dirs = _idx_dirs(name, data_dir)
+    wanted = ", ".join(f"{b}[.gz]" for b in _IDX_FILES.values())
+    folder = None
+    missing_by_dir = []
+    for d in dirs:
+        if not d.is_dir():
+            missing_by_dir.append(f"{d}: no such folder")
+            continue
+        missing = [b for b in _IDX_FILES.values() if _idx_path(d, b) is None]
+        if not missing:
+            folder = d
+            break
+        missing_by_dir.append(f"{d}: lacks {', '.join(m + '[.gz]' for m in missing)}")
+    if folder is None:
+        where = "--data-dir" if data_dir is not None else f"$NASHIR_DATA/{name} and {SYSTEM_DATA_DIR}/{name}"
+        raise DataError(
+            f"{name}: the IDX files were not found (looked in {where}):\n  "
+            + "\n  ".join(missing_by_dir)
+            + f"\nExpected {wanted} in one folder. {howto}."
+        )
+    arrays = {}
+    for key, base in _IDX_FILES.items():
+        p = _idx_path(folder, base)
+        arrays[key] = read_idx(p, 3 if key.endswith("_x") else 1)
+        arrays[key + "_path"] = p
+    for part in ("train", "test"):
+        x, y = arrays[f"{part}_x"], arrays[f"{part}_y"]
+        if len(x) != len(y):
+            raise DataError(
+                f"{arrays[part + '_y_path']}: {len(y)} labels, but {arrays[part + '_x_path']} holds {len(x)} "
+                "images; the two files must come from the same release"
+            )
+        if len(y) and int(y.max()) >= 10:
+            raise DataError(
+                f"{arrays[part + '_y_path']}: label {int(y.max())} is out of range; {name} has classes 0..9"
+            )
+    xtr, ytr = arrays["train_x"], arrays["train_y"].astype(np.int64)
+    xte, yte = arrays["test_x"], arrays["test_y"].astype(np.int64)
+    if xtr.shape[1:] != xte.shape[1:]:
+        raise DataError(
+            f"{arrays['test_x_path']}: images are {xte.shape[1:]}, "
+            f"but the training images are {xtr.shape[1:]}"
+        )
+    n = len(ytr)
+    n_val = _IDX_VAL if n > 2 * _IDX_VAL else n // 5  # small (test) files: one fifth
+    if n - n_val < 1 or n_val < 1:
+        raise DataError(f"{arrays['train_x_path']}: only {n} training image(s); need at least 2 to split")
+    xtr, xte = xtr[:, None], xte[:, None]  # (N, 1, H, W)
+    return _make(
+        name, xtr[: n - n_val], ytr[: n - n_val], xtr[n - n_val :], ytr[n - n_val :], xte, yte, 10,
+        augment=True, crop_pad=2, flip=flip,
+    )
 
 
 # --------------------------------------------------------------------------------------------

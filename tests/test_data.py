@@ -191,9 +191,9 @@ def test_augment_override():
 
 def test_unknown_name_lists_accepted():
     with pytest.raises(DataError) as ei:
-        load_dataset("mnist")
+        load_dataset("imagenet")
     msg = str(ei.value)
-    for name in ("digits", "cifar10", "cifar100", "npz:PATH"):
+    for name in ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "npz:PATH"):
         assert name in msg
     assert isinstance(ei.value, NashirError)
     with pytest.raises(DataError, match="npz:PATH"):
@@ -513,3 +513,140 @@ def test_data_module_does_not_import_torch():
     import subprocess
 
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Fashion-MNIST / MNIST: small IDX files written like the official ones
+# ----------------------------------------------------------------------------------------------
+
+IDX_BASES = {
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
+}
+
+
+def idx_bytes(arr: np.ndarray) -> bytes:
+    """The IDX encoding of a uint8 array: magic 0x000008DD, big-endian uint32 sizes, the data."""
+    arr = np.ascontiguousarray(arr, dtype=np.uint8)
+    return bytes([0, 0, 8, arr.ndim]) + struct.pack(">" + "I" * arr.ndim, *arr.shape) + arr.tobytes()
+
+
+def write_idx_set(folder, n_train=40, n_test=10, side=6, gz=True, seed=0, overrides=None):
+    """A folder with the four IDX files (gz or raw); returns the arrays written."""
+    import gzip
+
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "train_x": rng.integers(0, 256, (n_train, side, side), dtype=np.uint8),
+        "train_y": rng.integers(0, 10, n_train, dtype=np.uint8),
+        "test_x": rng.integers(0, 256, (n_test, side, side), dtype=np.uint8),
+        "test_y": rng.integers(0, 10, n_test, dtype=np.uint8),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, base in IDX_BASES.items():
+        blob = (overrides or {}).get(key)
+        if blob is None:
+            blob = idx_bytes(arrays[key])
+        if gz:
+            with gzip.open(folder / (base + ".gz"), "wb") as f:
+                f.write(blob)
+        else:
+            (folder / base).write_bytes(blob)
+    return arrays
+
+
+@pytest.mark.parametrize("gz", [True, False])
+@pytest.mark.parametrize("name,flip", [("fashion-mnist", True), ("mnist", False)])
+def test_idx_set_split_and_augmentation(tmp_path, gz, name, flip):
+    a = write_idx_set(tmp_path / "f", gz=gz)
+    ds = load_dataset(name, data_dir=tmp_path / "f")
+    # small files: the last fifth of the training images is the validation set (10 000 of 60 000
+    # for the real files), in file order; the official test set is the test set
+    np.testing.assert_array_equal(ds.x_train[:, 0], a["train_x"][:32])
+    np.testing.assert_array_equal(ds.x_val[:, 0], a["train_x"][32:])
+    np.testing.assert_array_equal(ds.y_val, a["train_y"][32:].astype(np.int64))
+    np.testing.assert_array_equal(ds.x_test[:, 0], a["test_x"])
+    assert ds.x_train.dtype == np.uint8 and ds.input_shape == (1, 6, 6) and ds.num_classes == 10
+    assert ds.augment and ds.crop_pad == 2 and ds.flip is flip
+    assert ds.x_train.flags.writeable
+    assert ds.mean[0] == pytest.approx(a["train_x"][:32].mean(), rel=1e-5)
+
+
+def test_idx_set_found_through_nashir_data_then_system_folder(tmp_path, monkeypatch):
+    import nashir.data as nd
+
+    write_idx_set(tmp_path / "env" / "fashion-mnist", seed=1)
+    write_idx_set(tmp_path / "sys" / "fashion-mnist", seed=2)
+    monkeypatch.setattr(nd, "SYSTEM_DATA_DIR", tmp_path / "sys")
+    monkeypatch.setenv("NASHIR_DATA", str(tmp_path / "env"))
+    env_first = load_dataset("fashion-mnist")
+    monkeypatch.delenv("NASHIR_DATA")
+    system = load_dataset("fashion-mnist")
+    assert not np.array_equal(env_first.x_test, system.x_test)
+    expect = write_idx_set(tmp_path / "again", seed=2)
+    np.testing.assert_array_equal(system.x_test[:, 0], expect["test_x"])
+
+
+def test_idx_missing_folder_and_files_say_what_and_how(tmp_path, monkeypatch):
+    import nashir.data as nd
+
+    monkeypatch.setattr(nd, "SYSTEM_DATA_DIR", tmp_path / "nowhere")
+    monkeypatch.delenv("NASHIR_DATA", raising=False)
+    with pytest.raises(DataError) as ei:
+        load_dataset("fashion-mnist")
+    msg = str(ei.value)
+    assert str(tmp_path / "nowhere" / "fashion-mnist") in msg and "no such folder" in msg
+    assert "apt-get install dataset-fashion-mnist" in msg and "train-images-idx3-ubyte[.gz]" in msg
+    write_idx_set(tmp_path / "f")
+    (tmp_path / "f" / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match=r"lacks t10k-labels-idx1-ubyte\[\.gz\]") as ei:
+        load_dataset("mnist", data_dir=tmp_path / "f")
+    assert "--data-dir" in str(ei.value)
+
+
+@pytest.mark.parametrize(
+    "key,blob,match",
+    [
+        ("train_x", b"<html>not found</html>", "bad IDX magic number"),
+        ("train_y", idx_bytes(np.zeros((40, 2), np.uint8)), "bad IDX magic number"),  # 2-D labels
+        ("test_x", bytes([0, 0, 0x0D, 3]) + struct.pack(">III", 10, 6, 6), "bad IDX magic number"),  # float
+        ("test_x", idx_bytes(np.zeros((10, 6, 6), np.uint8))[:-7], "truncated IDX file"),
+        ("test_y", bytes([0, 0, 8, 1, 0]), "truncated IDX header"),
+        ("train_x", b"\x00\x00", "truncated IDX file"),
+        ("train_y", idx_bytes(np.zeros(40, np.uint8)) + b"\x00", "longer"),
+        ("train_y", idx_bytes(np.zeros(39, np.uint8)), "39 labels, but .* holds 40 images"),
+        ("test_y", idx_bytes(np.full(10, 10, np.uint8)), "label 10 is out of range"),
+        ("train_x", bytes([0, 0, 8, 3]) + struct.pack(">III", 2**31, 6, 6), "at most 10000000 items"),
+    ],
+)
+def test_idx_faults_are_data_errors_naming_the_file(tmp_path, key, blob, match):
+    write_idx_set(tmp_path / "f", gz=False, overrides={key: blob})
+    with pytest.raises(DataError, match=match) as ei:
+        load_dataset("fashion-mnist", data_dir=tmp_path / "f")
+    assert IDX_BASES[key] in str(ei.value)
+
+
+def test_idx_corrupt_gzip_is_a_data_error(tmp_path):
+    write_idx_set(tmp_path / "f")
+    (tmp_path / "f" / "t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz: cannot read the IDX file"):
+        load_dataset("fashion-mnist", data_dir=tmp_path / "f")
+
+
+@pytest.mark.slow
+def test_real_fashion_mnist_files_when_installed():
+    from nashir.data import SYSTEM_DATA_DIR
+
+    folder = SYSTEM_DATA_DIR / "fashion-mnist"
+    if not (folder / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    ds = load_dataset("fashion-mnist", data_dir=folder)
+    assert (len(ds.y_train), len(ds.y_val), len(ds.y_test)) == (50_000, 10_000, 10_000)
+    assert ds.input_shape == (1, 28, 28) and ds.x_train.dtype == np.uint8
+    # the official files are balanced: 6 000 training and 1 000 test images per class
+    counts = np.bincount(np.concatenate([ds.y_train, ds.y_val]), minlength=10)
+    assert counts.tolist() == [6000] * 10
+    assert np.bincount(ds.y_test, minlength=10).tolist() == [1000] * 10
+    assert ds.mean[0] == pytest.approx(72.94, abs=0.5)  # 0.286 * 255 over the 60 000: ~72.9
