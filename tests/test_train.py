@@ -72,6 +72,63 @@ def test_sgdr_single_cycle_values():
     assert all(a > b for a, b in zip(lrs, lrs[1:]))
 
 
+def test_sgdr_linear_warmup_scales_the_first_iterations():
+    cfg = TrainConfig(epochs=10, lr_start=0.1, lr_end=0.0, warmup_epochs=0.5)
+    plain = TrainConfig(epochs=10, lr_start=0.1, lr_end=0.0)
+    spe = 10  # W = round(0.5 * 10) = 5 warm-up steps
+    for s in range(5):
+        assert sgdr_lr(s, spe, cfg) == pytest.approx(sgdr_lr(s, spe, plain) * (s + 1) / 5)
+    for s in (5, 6, 50, 99):
+        assert sgdr_lr(s, spe, cfg) == pytest.approx(sgdr_lr(s, spe, plain))
+    assert sgdr_lr(0, spe, cfg) == pytest.approx(0.02)
+    # a warm-up shorter than one step still gives at least one (factor 1 at step 0)
+    tiny = TrainConfig(epochs=1, lr_start=0.1, warmup_epochs=0.01)
+    assert sgdr_lr(0, 10, tiny) == pytest.approx(sgdr_lr(0, 10, plain))
+    # without SGDR the warm-up still applies to the constant rate
+    const = TrainConfig(epochs=2, lr_start=0.1, sgdr=False, warmup_epochs=1)
+    assert [sgdr_lr(s, 4, const) for s in range(5)] == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1])
+
+
+def test_bf16_precision_trains_on_cpu_and_is_repeatable(digits):
+    def run(precision="bf16"):
+        m = cnn(0)
+        cfg = TrainConfig(epochs=3, batch_size=64, seed=3, device="cpu", precision=precision)
+        return m, train_module(m, digits, cfg)
+
+    m1, h1 = run()
+    m2, h2 = run()
+    assert [x["loss"] for x in h1] == [x["loss"] for x in h2]
+    _, h32 = run("fp32")
+    assert h1[-1]["val_acc"] > 0.3 and abs(h1[-1]["val_acc"] - h32[-1]["val_acc"]) < 0.1
+    # the module is left in float32 and contiguous, as after an fp32 run
+    assert all(p.dtype == torch.float32 and p.is_contiguous() for p in m1.parameters())
+    acc32, _ = evaluate_module(m1, digits, "val", device="cpu", precision="fp32")
+    acc16, _ = evaluate_module(m1, digits, "val", device="cpu", precision="bf16")
+    assert abs(acc32 - acc16) < 0.05
+    with pytest.raises(TrainConfigError, match="precision"):
+        TrainConfig(epochs=1, precision="fp16")
+    with pytest.raises(TrainConfigError, match="warmup_epochs"):
+        TrainConfig(epochs=1, warmup_epochs=-1)
+
+
+def test_device_data_takes_the_data_sets_crop_pad_and_flip(digits):
+    import dataclasses
+
+    x = np.zeros((6, 1, 8, 8), np.float32)
+    x[:, :, :, :4] = 1.0  # left half bright: a flip moves it to the right half
+    y = np.zeros(6, np.int64)
+    ds = dataclasses.replace(digits, x_train=x, y_train=y, x_val=x, y_val=y, x_test=x, y_test=y, augment=True,
+                             crop_pad=0, flip=False, mean=np.zeros(1), std=np.ones(1))
+    dd = DeviceData(ds, "train", "cpu", augment=True, seed=0)
+    assert dd.pad == 0 and dd.flip is False
+    for _ in range(5):  # no crop, no flip: the batches are the images
+        xb, _ = next(dd.batches(6, shuffle=True))
+        assert torch.equal(xb, torch.from_numpy(x))
+    flipping = DeviceData(dataclasses.replace(ds, flip=True), "train", "cpu", augment=True, seed=0)
+    seen = torch.cat([next(flipping.batches(6, shuffle=True))[0] for _ in range(5)])
+    assert bool((seen[:, 0, 0, 7] == 1.0).any())  # some image was mirrored
+
+
 def test_sgdr_warm_restarts_tmult2():
     cfg = TrainConfig(epochs=14, lr_start=0.05, lr_end=0.0, t_0=2, t_mult=2)
     spe = 5  # cycles: steps [0, 10), [10, 30), [30, 70)

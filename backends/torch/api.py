@@ -189,7 +189,7 @@ def train(graph: Graph, data: Dataset, config: TrainConfig) -> tuple[Graph, list
 
 
 def evaluate(graph: Graph, data: Dataset, split: str = "test", device: str | torch.device | None = None,
-             batch_size: int = 512) -> tuple[float, float]:
+             batch_size: int = 512, precision: str = "auto") -> tuple[float, float]:
     """Accuracy and mean cross-entropy of a graph on one split of a data set (inference mode).
 
     Args:
@@ -198,6 +198,7 @@ def evaluate(graph: Graph, data: Dataset, split: str = "test", device: str | tor
         split: ``"test"``, ``"val"``, ``"train"`` or ``"trainval"``.
         device: None or ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda[:N]"``.
         batch_size: Images per forward pass.
+        precision: ``"auto"`` (bf16 autocast on CUDA, float32 on CPU), ``"fp32"`` or ``"bf16"``.
 
     Returns:
         ``(accuracy, loss)``: top-1 accuracy in [0, 1] and mean cross-entropy in nats per image.
@@ -209,4 +210,4 @@ def evaluate(graph: Graph, data: Dataset, split: str = "test", device: str | tor
     check_fits(graph, data)
     module = to_torch(graph)
     return evaluate_module(module, data, split, device="auto" if device is None else device,
-                           batch_size=batch_size)
+                           batch_size=batch_size, precision=precision)

@@ -28,6 +28,8 @@ from nashir.errors import BackendError, DataError, NashirError, TrainingDiverged
 __all__ = [
     "TrainConfigError",
     "TrainConfig",
+    "PRECISIONS",
+    "use_bf16",
     "resolve_device",
     "sgdr_lr",
     "crop_at",
@@ -38,6 +40,15 @@ __all__ = [
     "train_module",
     "evaluate_module",
 ]
+
+
+#: Values of :attr:`TrainConfig.precision`.
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Whether ``precision`` means bf16 autocast on ``device`` (``auto``: on CUDA only)."""
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
 
 class TrainConfigError(NashirError):
@@ -72,6 +83,16 @@ class TrainConfig:
         progress: Show a tqdm bar per epoch.
         train_split: Split to train on, ``"train"`` or ``"trainval"`` (NASH's final training).
         eval_split: Split evaluated after every epoch (``"val"``, ``"test"``...), None = none.
+        warmup_epochs: Linear learning-rate warm-up at the start of the call, in epochs (>= 0,
+            fractional allowed; 0 = none): the SGDR rate of iteration ``s`` is multiplied by
+            ``min(1, (s + 1) / W)`` with ``W = round(warmup_epochs * steps_per_epoch)`` (gradual
+            warm-up, Goyal et al. 2017, arXiv 1706.02677, Sec. 2.2). NASH's final training uses
+            it so that the restart at ``lr_start`` does not throw a converged model out of its
+            minimum.
+        precision: ``"auto"`` (bf16 autocast on CUDA, float32 on CPU), ``"fp32"`` or ``"bf16"``
+            (autocast of the forward pass to bfloat16, weights and optimizer state stay float32;
+            on CPU it pays where the processor has native bf16 units, AMX or AVX512-BF16, and is
+            slow elsewhere). With bf16 the tensors are channels_last (NHWC in memory).
 
     Raises:
         TrainConfigError: On construction, for any out-of-range value (the message names it).
@@ -93,6 +114,8 @@ class TrainConfig:
     progress: bool = False
     train_split: str = "train"
     eval_split: str | None = "val"
+    warmup_epochs: float = 0.0
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         def bad(field: str, expected: str) -> TrainConfigError:
@@ -135,6 +158,10 @@ class TrainConfig:
             raise bad("train_split", f"one of {', '.join(SPLITS)}")
         if self.eval_split is not None and self.eval_split not in SPLITS:
             raise bad("eval_split", f"None or one of {', '.join(SPLITS)}")
+        if not is_num(self.warmup_epochs) or not math.isfinite(self.warmup_epochs) or self.warmup_epochs < 0:
+            raise bad("warmup_epochs", "a finite number of epochs >= 0")
+        if self.precision not in PRECISIONS:
+            raise bad("precision", f"one of {', '.join(PRECISIONS)}")
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -183,7 +210,10 @@ def sgdr_lr(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
     since the last restart, and ``T_i`` the length of the current cycle in epochs:
     ``T_0 = cfg.t_0``, ``T_{i+1} = T_i * cfg.t_mult``. With ``cfg.t_0 = None`` there is a single
     cycle of ``T_0 = cfg.epochs`` epochs (NASH, arXiv 1711.04528, Sec. 4); steps at or past its end
-    get ``lr_end``. With ``cfg.sgdr = False`` the rate is ``lr_start`` throughout.
+    get ``lr_end``. With ``cfg.sgdr = False`` the rate is ``lr_start`` throughout. A warm-up
+    (``cfg.warmup_epochs > 0``) multiplies the rate of step ``s`` by ``min(1, (s + 1) / W)``,
+    ``W = max(1, round(cfg.warmup_epochs * steps_per_epoch))`` (Goyal et al. 2017, arXiv
+    1706.02677, Sec. 2.2).
 
     Args:
         step: 0-based iteration index within the :func:`train_module` call.
@@ -200,6 +230,14 @@ def sgdr_lr(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
         raise TrainConfigError(
             f"sgdr_lr: need step >= 0 and steps_per_epoch >= 1, got {step}, {steps_per_epoch}"
         )
+    warm = 1.0
+    if cfg.warmup_epochs > 0:
+        w = max(1, int(round(cfg.warmup_epochs * steps_per_epoch)))
+        warm = min(1.0, (step + 1) / w)
+    return warm * _cosine_lr(step, steps_per_epoch, cfg)
+
+
+def _cosine_lr(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
     if not cfg.sgdr:
         return float(cfg.lr_start)
     if cfg.t_0 is None:
@@ -309,7 +347,8 @@ class DeviceData:
         device: Target device.
         augment: Augment batches (training only; evaluation passes False).
         seed: Seed of the generator for shuffling and augmentation.
-        pad: Zero padding of the random crop, in pixels.
+        pad: Zero padding of the random crop, in pixels (None = the data set's ``crop_pad``).
+        flip: Random horizontal flips (None = the data set's ``flip``).
 
     Attributes:
         x: (N, C, H, W) images on the device, stored dtype.
@@ -328,7 +367,8 @@ class DeviceData:
         *,
         augment: bool = False,
         seed: int = 0,
-        pad: int = 4,
+        pad: int | None = None,
+        flip: bool | None = None,
     ):
         x, y = data.split(split)
         if len(y) == 0:
@@ -338,7 +378,8 @@ class DeviceData:
         self.device = torch.device(device)
         self.split = split
         self.augment = bool(augment)
-        self.pad = int(pad)
+        self.pad = int(data.crop_pad if pad is None else pad)
+        self.flip = bool(data.flip if flip is None else flip)
         self.x = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
         self.y = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)).to(self.device)
         c = x.shape[1]
@@ -367,7 +408,8 @@ class DeviceData:
         """Augment (if asked) and normalise a raw batch (B, C, H, W) -> float32 (B, C, H, W)."""
         if self.augment if augment is None else augment:
             xb = random_crop(xb, self.pad, self.generator)
-            xb = random_flip(xb, self.generator)
+            if self.flip:
+                xb = random_flip(xb, self.generator)
         return xb.to(torch.float32) * self._scale + self._shift
 
     def batches(
@@ -454,17 +496,17 @@ def _check_finite_state(tensors: list[torch.Tensor], epoch: int, step: int, lr: 
 
 
 def _evaluate(
-    module: torch.nn.Module, dd: DeviceData, num_classes: int, batch_size: int
+    module: torch.nn.Module, dd: DeviceData, num_classes: int, batch_size: int, bf16: bool | None = None
 ) -> tuple[float, float]:
     was_training = module.training
     module.eval()
-    cuda = dd.device.type == "cuda"
+    bf16 = use_bf16("auto", dd.device) if bf16 is None else bf16
     correct = torch.zeros((), dtype=torch.int64, device=dd.device)
     loss_sum = torch.zeros((), dtype=torch.float32, device=dd.device)
     try:
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+        with torch.no_grad(), torch.autocast(dd.device.type, dtype=torch.bfloat16, enabled=bf16):
             for i, (xb, yb) in enumerate(dd.batches(batch_size)):
-                if cuda:
+                if bf16 and xb.ndim == 4:
                     xb = xb.contiguous(memory_format=torch.channels_last)
                 out = _forward(module, xb, None, i)
                 _check_logits(out, num_classes, xb.shape[0])
@@ -483,11 +525,13 @@ def evaluate_module(
     split: str,
     device: str | torch.device | None = None,
     batch_size: int = 512,
+    precision: str = "auto",
 ) -> tuple[float, float]:
     """Accuracy and mean cross-entropy of a classifier on one split.
 
     Runs in eval mode (BatchNorm running statistics, no dropout) under ``torch.no_grad``; the
-    module's previous train/eval mode is restored afterwards. On CUDA, bf16 autocast and
+    module's previous train/eval mode is restored afterwards. With bf16 (``precision``, see
+    :class:`TrainConfig`; ``auto`` = on CUDA) the forward pass runs under bf16 autocast with
     channels_last inputs.
 
     Args:
@@ -497,6 +541,7 @@ def evaluate_module(
         device: Where to evaluate; None = the device of the module's first parameter (CPU if it
             has none). The module is moved there.
         batch_size: Images per forward pass.
+        precision: ``"auto"``, ``"fp32"`` or ``"bf16"`` (see :class:`TrainConfig`).
 
     Returns:
         ``(accuracy, loss)``: the fraction of correct top-1 predictions in [0, 1] and the mean
@@ -514,14 +559,19 @@ def evaluate_module(
         dev = resolve_device(device)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise TrainConfigError(f"evaluate_module: batch_size={batch_size!r}: expected an integer >= 1")
+    if precision not in PRECISIONS:
+        raise TrainConfigError(
+            f"evaluate_module: precision={precision!r}: expected one of {', '.join(PRECISIONS)}"
+        )
+    bf16 = use_bf16(precision, dev)
     module.to(dev)
-    if dev.type == "cuda":
+    if bf16:
         module.to(memory_format=torch.channels_last)
     dd = DeviceData(data, split, dev)
     try:
-        return _evaluate(module, dd, data.num_classes, batch_size)
+        return _evaluate(module, dd, data.num_classes, batch_size, bf16)
     finally:
-        if dev.type == "cuda":
+        if bf16:
             module.to(memory_format=torch.contiguous_format)
 
 
@@ -537,8 +587,9 @@ def train_module(
     eq. 5; one cosine cycle over the call unless ``cfg.t_0`` is set, as in NASH, arXiv
     1711.04528, Sec. 4). Loss: cross-entropy on the logits. The training split lives on the device
     as one tensor (:class:`DeviceData`); batches are normalised and, when ``data.augment``,
-    augmented on the device. On CUDA the forward pass runs under bf16 autocast with channels_last
-    tensors; on CPU the run is deterministic for ``cfg.seed`` (given the same thread count).
+    augmented on the device. With bf16 (``cfg.precision``; by default on CUDA) the forward pass
+    runs under bf16 autocast with channels_last tensors; on CPU the run is deterministic for
+    ``cfg.seed`` (given the same thread count and precision).
 
     Side effects: the module is moved to the device and left there (in train mode, default memory
     format); ``torch.manual_seed(cfg.seed)`` reseeds torch's global RNG; ``cfg.threads`` is applied
@@ -577,11 +628,11 @@ def train_module(
     old_threads = torch.get_num_threads()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    cuda = device.type == "cuda"
+    bf16 = use_bf16(cfg.precision, device)
     try:
         torch.manual_seed(cfg.seed)
         module.to(device)
-        if cuda:
+        if bf16:
             module.to(memory_format=torch.channels_last)
         train_dd = DeviceData(data, cfg.train_split, device, augment=data.augment, seed=cfg.seed)
         eval_dd = DeviceData(data, cfg.eval_split, device) if cfg.eval_split is not None else None
@@ -607,7 +658,7 @@ def train_module(
             lr = cfg.lr_start
             try:
                 for i, (xb, yb) in enumerate(train_dd.batches(cfg.batch_size, shuffle=True)):
-                    if cuda:
+                    if bf16 and xb.ndim == 4:
                         xb = xb.contiguous(memory_format=torch.channels_last)
                     if first:
                         first = False
@@ -630,7 +681,7 @@ def train_module(
                     lr = sgdr_lr(step, spe, cfg)
                     for g in opt.param_groups:
                         g["lr"] = lr
-                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                         out = _forward(module, xb, epoch, i)
                     _check_logits(out, data.num_classes, xb.shape[0])
                     out = out.float()
@@ -661,7 +712,9 @@ def train_module(
             _check_finite_state(watched, epoch, spe - 1, lr)
             val_acc = None
             if eval_dd is not None:
-                val_acc, val_loss = _evaluate(module, eval_dd, data.num_classes, max(cfg.batch_size, 512))
+                val_acc, val_loss = _evaluate(
+                    module, eval_dd, data.num_classes, max(cfg.batch_size, 512), bf16
+                )
                 if not math.isfinite(val_loss):
                     raise TrainingDiverged(
                         f"after epoch {epoch} (step {spe - 1}, lr {lr:.4g}) the {cfg.eval_split} loss is "
@@ -683,7 +736,7 @@ def train_module(
         module.train()
         return history
     finally:
-        if cuda:
+        if bf16:
             module.to(memory_format=torch.contiguous_format)
         if cfg.threads is not None:
             torch.set_num_threads(old_threads)
