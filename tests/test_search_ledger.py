@@ -110,7 +110,7 @@ def test_transaction_is_all_or_nothing(tmp_path):
 def test_readonly_open_cannot_write(tmp_path):
     _new(tmp_path).close()
     with Ledger.open(tmp_path / "run", readonly=True) as led:
-        with pytest.raises(sqlite3.OperationalError):
+        with pytest.raises(SearchError, match="is read-only"):
             led.set_meta("x", 1)
 
 
@@ -171,3 +171,268 @@ def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
     atomic_write(p, b"two")
     assert p.read_bytes() == b"two"
     assert os.listdir(tmp_path) == ["x.bin"]
+
+
+# ------------------------------------------------------------------ the run folder is untrusted input
+
+
+def _digest_tree(folder):
+    import hashlib
+
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and not p.is_symlink():
+            out[str(p.relative_to(folder))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def _sql(run, *statements):
+    con = sqlite3.connect(run / LEDGER_NAME)
+    for st in statements:
+        con.execute(st)
+    con.commit()
+    con.close()
+
+
+def _run_with_candidate(tmp_path, data=b"onnx bytes of s1-c1"):
+    led = _new(tmp_path)
+    led.add_candidate("s1-c1", 1, 1, "child")
+    rel = led.write_candidate_onnx("s1-c1", data)
+    led.finish_candidate("s1-c1", "ok", val_acc=0.5, onnx=rel)
+    led.close()
+    return tmp_path / "run"
+
+
+def test_candidate_files_are_hashed_and_read_back(tmp_path):
+    run = _run_with_candidate(tmp_path)
+    with Ledger.open(run) as led:
+        row = led.candidate("s1-c1")
+        assert row["onnx"] == "candidates/s1-c1.onnx" and len(row["sha256"]) == 64
+        assert led.read_candidate_onnx("s1-c1") == b"onnx bytes of s1-c1"
+
+
+@pytest.mark.parametrize("record, match", [
+    ("../x.onnx", r"records the file '\.\./x\.onnx', outside the run's candidates/ folder"),
+    ("ABS", r"outside the run's candidates/ folder"),
+    ("candidates/../ledger.sqlite", r"outside the run's candidates/ folder"),
+    ("candidates/link.onnx", r"outside the run's candidates/ folder"),          # a symlink leading out
+    ("candidates/s1-c1.txt", r"outside the run's candidates/ folder"),
+    ("candidates/absent.onnx", r"candidates/absent\.onnx \(candidate 's1-c1'\) is missing"),
+    ("candidates", r"outside the run's candidates/ folder"),
+])
+def test_candidate_paths_are_confined_to_the_run_folder(tmp_path, record, match):
+    run = _run_with_candidate(tmp_path)
+    outside = tmp_path / "x.onnx"
+    outside.write_bytes(b"onnx bytes of s1-c1")            # same bytes: only the path is wrong
+    (run / "candidates" / "link.onnx").symlink_to(outside)
+    if record == "ABS":
+        record = str(outside)
+    _sql(run, f"UPDATE candidates SET onnx = '{record}' WHERE id = 's1-c1'")
+    before = _digest_tree(tmp_path)
+    with Ledger.open(run) as led, pytest.raises(SearchError, match=match):
+        led.read_candidate_onnx("s1-c1")
+    assert _digest_tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("change, match", [
+    ("swap", r"is not the file the search wrote \(its SHA-256 differs"),
+    ("truncate", r"is not the file the search wrote"),
+    ("garbage", r"is not the file the search wrote"),
+    ("no hash", r"has no recorded SHA-256"),
+    ("folder", r"is missing or not a file"),
+])
+def test_changed_candidate_files_are_refused(tmp_path, change, match):
+    run = _run_with_candidate(tmp_path)
+    f = run / "candidates" / "s1-c1.onnx"
+    if change == "swap":
+        f.write_bytes(b"another valid model")
+    elif change == "truncate":
+        f.write_bytes(f.read_bytes()[:5])
+    elif change == "garbage":
+        f.write_bytes(os.urandom(64))
+    elif change == "no hash":
+        _sql(run, "UPDATE candidates SET sha256 = NULL")
+    else:
+        f.unlink()
+        f.mkdir()
+    with Ledger.open(run) as led, pytest.raises(SearchError, match=match):
+        led.read_candidate_onnx("s1-c1")
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("DROP TABLE steps", r"has no table 'steps'"),
+    ("DROP TABLE candidates", r"has no table 'candidates'"),
+    ("ALTER TABLE candidates DROP COLUMN history", r"table 'candidates' lacks column\(s\) \['history'\]"),
+    ("UPDATE meta SET value = 'not json {' WHERE key = 'config'", r"its config .* is not a JSON object"),
+    ("UPDATE meta SET value = '[1, 2]' WHERE key = 'config'", r"its config .* is not a JSON object"),
+    ("DELETE FROM meta WHERE key = 'config'", r"its config .* is missing"),
+    ("UPDATE meta SET value = 'two' WHERE key = 'schema_version'", r"schema_version 'two' is not a version"),
+    ("UPDATE meta SET value = '99' WHERE key = 'schema_version'", r"schema 99 is newer"),
+])
+def test_damaged_ledgers_are_refused_on_open(tmp_path, damage, match):
+    run = _run_with_candidate(tmp_path)
+    _sql(run, damage)
+    before = _digest_tree(run)
+    for ro in (False, True):
+        with pytest.raises(SearchError, match=match):
+            Ledger.open(run, readonly=ro)
+    assert _digest_tree(run) == before
+
+
+@pytest.mark.parametrize("column", ["morphisms", "history", "metrics"])
+def test_corrupt_json_columns_name_the_candidate(tmp_path, column):
+    run = _run_with_candidate(tmp_path)
+    _sql(run, f"UPDATE candidates SET {column} = '{{oops' WHERE id = 's1-c1'")
+    with Ledger.open(run, readonly=True) as led:
+        for read in (lambda: led.candidate("s1-c1"), led.candidates):
+            with pytest.raises(SearchError, match=rf"candidate 's1-c1' has a corrupt '{column}' column"):
+                read()
+
+
+@pytest.mark.parametrize("cut", [0.0, 0.3, 0.6])
+def test_truncated_ledger_is_a_search_error(tmp_path, cut):
+    run = _run_with_candidate(tmp_path)
+    p = run / LEDGER_NAME
+    data = p.read_bytes()
+    p.write_bytes(data[: int(len(data) * cut)])
+    with pytest.raises(SearchError):
+        with Ledger.open(run, readonly=True) as led:
+            led.candidates()
+            led.steps()
+
+
+def test_schema_1_ledgers_are_still_read(tmp_path):
+    """A run made before candidate hashes (schema 1): opened, and its files read without a hash check."""
+    run = _run_with_candidate(tmp_path)
+    _sql(run, "ALTER TABLE candidates DROP COLUMN sha256",
+         "UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    with Ledger.open(run) as led:
+        assert led.read_candidate_onnx("s1-c1") == b"onnx bytes of s1-c1"
+        led.add_candidate("s1-c2", 1, 2, "child")
+        rel = led.write_candidate_onnx("s1-c2", b"two")
+        led.finish_candidate("s1-c2", "ok", onnx=rel)
+        assert led.read_candidate_onnx("s1-c2") == b"two"
+
+
+# ------------------------------------------------------------------ exclusive creation and the folder lock
+
+
+def _create_in_child(run, barrier, results, k):
+    try:
+        barrier.wait()
+        Ledger.create(run, {"who": k}).close()
+        results.put((k, "created"))
+    except SearchError as e:
+        results.put((k, f"SearchError: {e}"))
+    except Exception as e:  # pragma: no cover - what the test is about
+        results.put((k, f"{type(e).__name__}: {e}"))
+
+
+def test_two_creators_one_wins_the_other_is_refused(tmp_path):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    for attempt in range(5):
+        run = tmp_path / f"run{attempt}"
+        run.mkdir()
+        barrier, results = ctx.Barrier(2), ctx.Queue()
+        procs = [ctx.Process(target=_create_in_child, args=(run, barrier, results, k)) for k in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        got = sorted(results.get() for _ in procs)
+        assert [r for _, r in got].count("created") == 1, got
+        loser = next(r for _, r in got if r != "created")
+        assert loser.startswith("SearchError: ")
+        assert "exists already" in loser or "at the same time" in loser
+        with Ledger.open(run) as led:
+            assert led.config["who"] in (0, 1)
+        assert sorted(p.name for p in run.iterdir()) == [LEDGER_NAME]   # no temp file left
+
+
+def test_run_folder_lock_is_exclusive(tmp_path):
+    from nashir.search.ledger import lock_run_dir, unlock_run_dir
+
+    lock = lock_run_dir(tmp_path)
+    try:
+        import subprocess
+        import sys
+
+        code = ("import sys; from nashir.search.ledger import lock_run_dir\n"
+                "try:\n    lock_run_dir(sys.argv[1])\n"
+                "except Exception as e:\n    print(type(e).__name__, e)\n")
+        out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                             text=True).stdout
+        assert out.startswith("SearchError another nashir search is using the run folder")
+    finally:
+        unlock_run_dir(lock)
+    unlock_run_dir(lock_run_dir(tmp_path))   # free again
+
+
+def test_stale_temp_files_of_a_killed_creator(tmp_path):
+    from nashir.search.ledger import remove_stale_temp_files, stale_temp_files
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".ledger.k1ll3d.tmp").write_bytes(b"SQLite format 3\0 half")
+    (run / "mine.txt").write_text("keep")
+    assert [p.name for p in stale_temp_files(run)] == [".ledger.k1ll3d.tmp"]
+    assert [p.name for p in remove_stale_temp_files(run)] == [".ledger.k1ll3d.tmp"]
+    assert sorted(p.name for p in run.iterdir()) == ["mine.txt"]
+
+
+def test_fuzz_damaged_run_folders_give_search_errors(tmp_path):
+    """200 random damages of a run folder (ledger bytes truncated or bit-flipped, candidate files
+    truncated, flipped, swapped or replaced by a huge sparse file): opening the ledger, reading every row
+    and every candidate file either works or raises SearchError, never another exception; a changed
+    candidate file is never returned as if it were the recorded one."""
+    import random
+    import shutil
+
+    rng = random.Random(7)
+    master = tmp_path / "master"
+    led = Ledger.create(master, {"seed": 0})
+    blobs = {}
+    for k in range(3):
+        cid = f"s1-c{k + 1}"
+        blobs[cid] = os.urandom(200 + 50 * k)
+        led.add_candidate(cid, 1, k + 1, "child", morphisms=[{"pass": "net2wider", "site": f"c{k}"}])
+        led.finish_candidate(cid, "ok", val_acc=0.1 * k, history=[{"epoch": 0}],
+                             onnx=led.write_candidate_onnx(cid, blobs[cid]))
+    led.finish_step(1, "s1-c1", 0.0)
+    led.close()
+    outcomes = {"ok": 0, "SearchError": 0}
+    for i in range(200):
+        run = tmp_path / f"r{i}"
+        shutil.copytree(master, run)
+        target = rng.choice([run / LEDGER_NAME, *sorted((run / "candidates").iterdir())])
+        data = bytearray(target.read_bytes())
+        hows = ["truncate", "flip", "swap", "huge"] if target.suffix == ".onnx" else ["truncate", "flip"]
+        how = rng.choice(hows)
+        if how == "truncate":
+            data = data[: rng.randrange(len(data))]
+        elif how == "flip":
+            for _ in range(rng.randint(1, 16)):
+                j = rng.randrange(len(data))
+                data[j] ^= 1 << rng.randrange(8)
+        elif how == "swap":
+            data = bytearray(os.urandom(len(data)))
+        if how == "huge":
+            with open(target, "wb") as f:
+                f.truncate(3 << 30)
+        else:
+            target.write_bytes(bytes(data))
+        try:
+            with Ledger.open(run, readonly=rng.random() < 0.5) as led:
+                rows = led.candidates()
+                led.steps()
+                for r in rows:
+                    if r["status"] == "ok":
+                        got = led.read_candidate_onnx(r["id"])
+                        assert got == blobs.get(r["id"]), (i, how, target.name)
+            outcomes["ok"] += 1
+        except SearchError:
+            outcomes["SearchError"] += 1
+        shutil.rmtree(run)
+    assert outcomes["SearchError"] > 50

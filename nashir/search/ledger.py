@@ -18,11 +18,18 @@ A run folder holds:
 
 A folder is a nashir run when ``ledger.sqlite`` opens and its ``meta`` table says
 ``format = nashir-run``. Only :mod:`sqlite3` of the standard library is used.
+
+The run folder is input like any other file (docs/limits.md): a ledger that lacks a table or column,
+holds a config that is not a JSON object, a JSON column that does not decode, or that SQLite cannot
+read is refused with a :class:`~nashir.errors.SearchError` naming it. Candidate files are read back
+only through :meth:`Ledger.read_candidate_onnx`, which confines the recorded path to
+``candidates/`` of the run folder and checks the SHA-256 recorded when the file was written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import sqlite3
@@ -33,12 +40,21 @@ from pathlib import Path
 from typing import Any
 
 from nashir.errors import SearchError
+from nashir.files import give_default_mode, new_file_mode
 
-__all__ = ["Ledger", "LEDGER_NAME", "FORMAT", "SCHEMA_VERSION", "is_run", "atomic_write", "STATUSES"]
+__all__ = ["Ledger", "LEDGER_NAME", "FORMAT", "SCHEMA_VERSION", "is_run", "atomic_write", "STATUSES",
+           "lock_run_dir", "unlock_run_dir", "stale_temp_files", "remove_stale_temp_files", "sha256_hex",
+           "MAX_CANDIDATE_BYTES"]
 
 LEDGER_NAME = "ledger.sqlite"
 FORMAT = "nashir-run"
-SCHEMA_VERSION = 1
+#: 2: candidates carry the SHA-256 of their ONNX file (``sha256``). Version 1 ledgers are read as well
+#: (their files are then not hash-checked).
+SCHEMA_VERSION = 2
+#: A candidate file larger than this is refused unread (protobuf cannot parse a larger model).
+MAX_CANDIDATE_BYTES = 2**31
+#: Name pattern of the temp file a ledger is built in (renamed to ``ledger.sqlite`` when complete).
+_TEMP_PREFIX, _TEMP_SUFFIX = ".ledger.", ".tmp"
 #: Candidate states. ``pending``: made and recorded, not trained yet (or interrupted).
 STATUSES = ("pending", "ok", "diverged", "failed")
 
@@ -65,6 +81,7 @@ CREATE TABLE candidates (
     history TEXT,
     metrics TEXT,
     onnx TEXT,
+    sha256 TEXT,
     created REAL NOT NULL,
     finished REAL
 );
@@ -78,15 +95,95 @@ CREATE TABLE steps (
 """
 
 _JSON_COLS = ("morphisms", "history", "metrics")
+#: Tables and the columns every readable ledger (schema 1 and up) has.
+_REQUIRED = {
+    "meta": {"key", "value"},
+    "candidates": {"id", "step", "idx", "kind", "parent", "morphisms", "params", "macs", "seed", "status",
+                   "reason", "val_acc", "test_acc", "train_seconds", "job_seconds", "epochs", "history",
+                   "metrics", "onnx", "created", "finished"},
+    "steps": {"step", "best", "best_val_acc", "finished"},
+}
 
+
+#: What reading a damaged SQLite file raises (bad pages; text that is not UTF-8; integers out of range).
+_DB_ERRORS = (sqlite3.Error, UnicodeDecodeError, OverflowError)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class _Con:
+    """A sqlite3 connection whose errors become SearchError naming the ledger (a corrupt or truncated file,
+    a missing table) instead of raw sqlite3 exceptions."""
+
+    def __init__(self, con: sqlite3.Connection, path: Path):
+        self._c = con
+        self._path = path
+
+    def execute(self, sql: str, args=()):
+        try:
+            return _Cur(self._c.execute(sql, args), self._path)
+        except _DB_ERRORS as e:
+            raise _corrupt(self._path, e) from None
+
+    def executemany(self, sql: str, rows):
+        try:
+            return self._c.executemany(sql, rows)
+        except _DB_ERRORS as e:
+            raise _corrupt(self._path, e) from None
+
+    def close(self) -> None:
+        self._c.close()
+
+    @property
+    def row_factory(self):
+        return self._c.row_factory
+
+    @row_factory.setter
+    def row_factory(self, f) -> None:
+        self._c.row_factory = f
+
+
+class _Cur:
+    """A cursor whose fetches raise SearchError (SQLite reads pages lazily: damage shows up here)."""
+
+    def __init__(self, cur: sqlite3.Cursor, path: Path):
+        self._cur = cur
+        self._path = path
+        self.rowcount = cur.rowcount
+
+    def fetchone(self):
+        try:
+            return self._cur.fetchone()
+        except _DB_ERRORS as e:
+            raise _corrupt(self._path, e) from None
+
+    def fetchall(self):
+        try:
+            return self._cur.fetchall()
+        except _DB_ERRORS as e:
+            raise _corrupt(self._path, e) from None
+
+
+def _corrupt(path: Path, e: Exception) -> SearchError:
+    if "readonly" in str(e) or "read-only" in str(e):
+        return SearchError(f"ledger {path} is read-only ({e}); nashir needs to write it: check the run "
+                           "folder's permissions")
+    if "locked" in str(e) or "busy" in str(e):
+        return SearchError(f"ledger {path} is locked by another process ({e}); wait for it to finish")
+    return SearchError(
+        f"ledger {path} cannot be used ({type(e).__name__}: {e}); it is damaged or was not written by "
+        "nashir: restore it from a copy, or start a new run (another --out)"
+    )
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: a temp file in the same folder, fsync, ``os.replace``."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as f:
+            give_default_mode(f.fileno())  # mkstemp makes 0600; give the usual permissions
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -97,10 +194,59 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def stale_temp_files(run_dir: str | os.PathLike) -> list[Path]:
+    """Temp files of a ledger whose creation never finished (the process was killed while building it)."""
+    p = Path(run_dir)
+    try:
+        names = [q for q in p.iterdir() if q.name.startswith(_TEMP_PREFIX) and q.name.endswith(_TEMP_SUFFIX)]
+        return sorted(names)
+    except OSError:
+        return []
+
+
+def remove_stale_temp_files(run_dir: str | os.PathLike) -> list[Path]:
+    """Remove :func:`stale_temp_files`; call only while holding :func:`lock_run_dir` (no live creator
+    can then be building one). Returns what was removed."""
+    gone = []
+    for q in stale_temp_files(run_dir):
+        with contextlib.suppress(FileNotFoundError):
+            q.unlink()
+            gone.append(q)
+    return gone
+
+
+def lock_run_dir(run_dir: str | os.PathLike):
+    """Take an exclusive advisory lock (``flock``) on the run *folder* itself: held from before the
+    driver decides what to do with the folder (create, resume, replace) until it is done, so two
+    searches on one ``--out`` never both create or write a run. The folder must exist. Returns the lock
+    (pass it to :func:`unlock_run_dir`); None where ``fcntl`` is missing.
+
+    Raises:
+        SearchError: Another process holds the lock (nothing has been written).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    try:
+        fd = os.open(run_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as e:
+        raise SearchError(f"run folder {run_dir} cannot be opened: {e.strerror or e}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise SearchError(
+            f"another nashir search is using the run folder {run_dir} (it is locked); wait for it to finish "
+            "or stop it, or choose another --out (nothing was written)"
+        ) from None
+    return fd
+
+
+def unlock_run_dir(lock) -> None:
+    if lock is not None:
+        with contextlib.suppress(OSError):
+            os.close(lock)
 
 
 def is_run(run_dir: str | os.PathLike) -> bool:
@@ -114,7 +260,7 @@ def is_run(run_dir: str | os.PathLike) -> bool:
             row = con.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
         finally:
             con.close()
-    except sqlite3.Error:
+    except _DB_ERRORS:
         return False
     return row is not None and row[0] == FORMAT
 
@@ -126,16 +272,22 @@ class Ledger:
     ledger.transaction():``, which groups several writes atomically (all or nothing).
     """
 
-    def __init__(self, run_dir: Path, con: sqlite3.Connection):
+    def __init__(self, run_dir: Path, con: sqlite3.Connection, has_sha: bool = True):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LEDGER_NAME
-        self._con = con
+        self._con = con if isinstance(con, _Con) else _Con(con, self.path)
         self._depth = 0
+        self._has_sha = has_sha
+        self._written: dict[str, str] = {}   # relative path -> sha256 of files written by this process
 
     # ------------------------------------------------------------------ open / create
     @classmethod
     def create(cls, run_dir: str | os.PathLike, config: dict[str, Any]) -> Ledger:
         """Create the ledger in ``run_dir`` (made if missing) with ``config`` stored as JSON.
+
+        The ledger is built in a temp file and linked into place only if no ledger exists (an exclusive
+        create: of two searches creating one run, one wins and the other is refused). Hold
+        :func:`lock_run_dir` around deciding and creating, so that the loser writes nothing at all.
 
         Raises:
             SearchError: A ledger exists there already.
@@ -145,10 +297,10 @@ class Ledger:
         path = run_dir / LEDGER_NAME
         if path.exists():
             raise SearchError(f"{path} exists already; open it with --resume or choose another --out")
-        # build in a temp file, then rename: a half-made ledger never looks like a run
-        fd, tmp = tempfile.mkstemp(prefix=".ledger.", suffix=".tmp", dir=run_dir)
+        # build in a temp file, then link: a half-made ledger never looks like a run
+        fd, tmp = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX, dir=run_dir)
         os.close(fd)
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, new_file_mode())
         try:
             con = sqlite3.connect(tmp)
             try:
@@ -166,21 +318,32 @@ class Ledger:
                 con.commit()
             finally:
                 con.close()
-            os.replace(tmp, path)
-        except BaseException:
+            try:
+                os.link(tmp, path)   # fails when another process created the ledger meanwhile
+            except FileExistsError:
+                raise SearchError(
+                    f"{path} was created by another process at the same time; this search stops without "
+                    "writing (resume that run with --resume once it is done, or choose another --out)"
+                ) from None
+            except OSError:   # a file system without hard links: exclusive by the run-folder lock
+                if path.exists():
+                    raise SearchError(
+                        f"{path} exists already; open it with --resume or choose another --out") from None
+                os.replace(tmp, path)
+        finally:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            raise
         return cls.open(run_dir)
 
     @classmethod
     def open(cls, run_dir: str | os.PathLike, readonly: bool = False) -> Ledger:
         """Open an existing run's ledger (``readonly``: the file is opened read-only, e.g. by
-        ``nashir report``).
+        ``nashir report``), after checking its tables, columns and config.
 
         Raises:
             SearchError: ``run_dir`` is not a nashir run (no ledger, unreadable, another format, or
-                a newer schema).
+                a newer schema), or the ledger is damaged (a table or column missing, a config that is
+                not a JSON object); the message names the ledger.
         """
         run_dir = Path(run_dir)
         path = run_dir / LEDGER_NAME
@@ -188,26 +351,55 @@ class Ledger:
             raise SearchError(f"{run_dir} is not a nashir run: it has no {LEDGER_NAME}")
         try:
             if readonly:
-                con = sqlite3.connect(_ro_uri(path), uri=True, isolation_level=None, timeout=30)
+                raw = sqlite3.connect(_ro_uri(path), uri=True, isolation_level=None, timeout=30)
             else:
-                con = sqlite3.connect(path, isolation_level=None, timeout=30)
-            row = con.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
-            ver = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        except sqlite3.Error as e:
+                raw = sqlite3.connect(path, isolation_level=None, timeout=30)
+        except _DB_ERRORS as e:
+            raise SearchError(f"{run_dir} is not a nashir run: {path} is not a readable ledger ({e})") from e
+        try:
+            row = raw.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+            ver = raw.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except _DB_ERRORS as e:
+            raw.close()
             raise SearchError(f"{run_dir} is not a nashir run: {path} is not a readable ledger ({e})") from e
         if row is None or row[0] != FORMAT:
-            con.close()
+            raw.close()
             raise SearchError(f"{run_dir} is not a nashir run: {path} is not a nashir ledger")
-        if ver is None or int(ver[0]) > SCHEMA_VERSION:
-            con.close()
+        try:
+            version = int(ver[0]) if ver is not None else None
+        except (TypeError, ValueError):
+            version = None
+        if version is None or version < 1:
+            raw.close()
+            raise SearchError(f"ledger {path}: schema_version {ver and ver[0]!r} is not a version number; "
+                              "the ledger is damaged: restore it from a copy or start a new run")
+        if version > SCHEMA_VERSION:
+            raw.close()
             raise SearchError(
-                f"{path}: ledger schema {ver and ver[0]} is newer than this nashir "
+                f"{path}: ledger schema {version} is newer than this nashir "
                 f"({SCHEMA_VERSION}); upgrade nashir"
             )
-        con.row_factory = sqlite3.Row
+        con = _Con(raw, path)
+        try:
+            has_sha = _check_tables(con, path)
+            cfg_row = con.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()
+            try:
+                cfg = json.loads(cfg_row[0]) if cfg_row is not None else None
+            except (TypeError, ValueError):
+                cfg = None
+            if not isinstance(cfg, dict):
+                raise SearchError(
+                    f"ledger {path}: its config (meta key 'config') is "
+                    f"{'missing' if cfg_row is None else 'not a JSON object'}; the ledger is damaged: "
+                    "restore it from a copy or start a new run"
+                )
+        except BaseException:
+            raw.close()
+            raise
+        raw.row_factory = sqlite3.Row
         if not readonly:
             con.execute("PRAGMA foreign_keys = ON")
-        return cls(run_dir, con)
+        return cls(run_dir, con, has_sha=has_sha)
 
     def close(self) -> None:
         self._con.close()
@@ -235,7 +427,8 @@ class Ledger:
             yield self
         except BaseException:
             self._depth = 0
-            self._con.execute("ROLLBACK")
+            with contextlib.suppress(SearchError):
+                self._con.execute("ROLLBACK")
             raise
         self._depth = 0
         self._con.execute("COMMIT")
@@ -333,12 +526,20 @@ class Ledger:
         metrics: dict | None = None,
         onnx: str | None = None,
         reason: str | None = None,
+        sha256: str | None = None,
     ) -> None:
-        """Record a candidate's outcome.
+        """Record a candidate's outcome. ``onnx`` is the file's path relative to the run folder (as
+        :meth:`write_candidate_onnx` returns it); its SHA-256 (``sha256``, by default the one of the file
+        this ledger wrote there) is recorded and checked whenever the file is read back.
 
         Raises:
             SearchError: Unknown id or status.
         """
+        if onnx is not None and sha256 is None:
+            sha256 = self._written.get(onnx)
+            full = self.run_dir / onnx
+            if sha256 is None and full.is_file() and not os.path.isabs(onnx):
+                sha256 = sha256_hex(self._confined(id, onnx).read_bytes())
         if status not in STATUSES[1:]:
             raise SearchError(
                 f"finish_candidate: status must be one of {', '.join(STATUSES[1:])}, got {status!r}"
@@ -363,11 +564,13 @@ class Ledger:
             )
             if cur.rowcount != 1:
                 raise SearchError(f"ledger {self.path}: no candidate {id!r} to finish")
+            if self._has_sha:
+                self._con.execute("UPDATE candidates SET sha256 = ? WHERE id = ?", (sha256, id))
 
     def candidate(self, id: str) -> dict[str, Any] | None:
         """One candidate row as a dict (JSON columns decoded), or None."""
         row = self._con.execute("SELECT * FROM candidates WHERE id = ?", (id,)).fetchone()
-        return None if row is None else _row(row)
+        return None if row is None else _row(row, self.path)
 
     def candidates(self, step: int | None = None, status: str | None = None) -> list[dict[str, Any]]:
         """Candidate rows ordered by (step, idx), optionally filtered."""
@@ -382,7 +585,7 @@ class Ledger:
         if conds:
             q += " WHERE " + " AND ".join(conds)
         q += " ORDER BY step, idx"
-        return [_row(r) for r in self._con.execute(q, args).fetchall()]
+        return [_row(r, self.path) for r in self._con.execute(q, args).fetchall()]
 
     def is_finished(self, id: str) -> bool:
         """True when the candidate is recorded with a final status (ok/diverged/failed)."""
@@ -420,11 +623,72 @@ class Ledger:
         return self.run_dir / "candidates" / f"{id}.onnx"
 
     def write_candidate_onnx(self, id: str, data: bytes) -> str:
-        """Write a candidate's ONNX bytes atomically; returns the path relative to the run folder."""
+        """Write a candidate's ONNX bytes atomically; returns the path relative to the run folder (give
+        it to :meth:`finish_candidate`, which records the bytes' SHA-256)."""
         p = self.candidate_path(id)
         p.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(p, data)
-        return str(p.relative_to(self.run_dir))
+        rel = str(p.relative_to(self.run_dir))
+        self._written[rel] = sha256_hex(data)
+        return rel
+
+    def _confined(self, id: str, rel: str) -> Path:
+        """The candidate file ``rel`` (as recorded) inside ``candidates/`` of this run folder.
+
+        Raises:
+            SearchError: an absolute path, one leading out of ``candidates/`` (``..``, symlinks), not
+                ending in ``.onnx``, or not a regular file.
+        """
+        where = f"ledger {self.path}: candidate {id!r}"
+        if not isinstance(rel, str) or not rel or "\x00" in rel:
+            raise SearchError(f"{where} records the file {rel!r}, which is not a path; the ledger is damaged")
+        base = os.path.realpath(self.run_dir / "candidates")
+        full = os.path.realpath(self.run_dir / rel)
+        if os.path.isabs(rel) or os.path.commonpath([base, full]) != base or not rel.endswith(".onnx"):
+            raise SearchError(
+                f"{where} records the file {rel!r}, outside the run's candidates/ folder; nashir reads "
+                "candidate models only from there (the ledger was edited or damaged: restore it or start a "
+                "new run)"
+            )
+        if not os.path.isfile(full):
+            raise SearchError(
+                f"run folder {self.run_dir}: {rel} (candidate {id!r}) is missing or not a file; the run "
+                "cannot be continued from it (restore the file, or start a new run)"
+            )
+        return Path(full)
+
+    def read_candidate_onnx(self, id: str) -> bytes:
+        """The bytes of candidate ``id``'s trained ONNX file, checked against the ledger.
+
+        The recorded path must lie in ``candidates/`` of the run folder, the file must exist and be at
+        most :data:`MAX_CANDIDATE_BYTES`, and its SHA-256 must be the one recorded when it was written
+        (ledgers of schema 1 record none).
+
+        Raises:
+            SearchError: no trained model recorded, a path outside the folder, a missing, oversized or
+                changed file (the message names the file).
+        """
+        row = self.candidate(id)
+        if row is None or row["status"] != "ok" or not row.get("onnx"):
+            raise SearchError(f"ledger {self.path}: candidate {id!r} has no trained model")
+        p = self._confined(id, row["onnx"])
+        size = p.stat().st_size
+        if size > MAX_CANDIDATE_BYTES:
+            raise SearchError(f"run folder {self.run_dir}: {row['onnx']} is {size} bytes, above the "
+                              f"{MAX_CANDIDATE_BYTES}-byte limit of an ONNX model; it is not a nashir "
+                              "candidate")
+        data = p.read_bytes()
+        want = row.get("sha256")
+        if self._has_sha and not want:
+            raise SearchError(f"ledger {self.path}: candidate {id!r} has no recorded SHA-256 for "
+                              f"{row['onnx']}; the ledger is damaged: restore it or start a new run")
+        if want and sha256_hex(data) != want:
+            raise SearchError(
+                f"run folder {self.run_dir}: {row['onnx']} (candidate {id!r}) is not the file the search "
+                "wrote (its SHA-256 differs from the ledger's); it was replaced or damaged: restore it, or "
+                "start a new run"
+            )
+        return data
 
 
 def _ro_uri(path: Path) -> str:
@@ -446,9 +710,35 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
-def _row(row: sqlite3.Row) -> dict[str, Any]:
+def _check_tables(con: _Con, path: Path) -> bool:
+    """Refuse a ledger that lacks a table or column; True when candidates carry ``sha256``."""
+    has_sha = False
+    for table, cols in _REQUIRED.items():
+        have = {r[1] for r in con.execute(f"PRAGMA table_info({table})").fetchall()}
+        if not have:
+            raise SearchError(f"ledger {path} has no table {table!r}; it is damaged or not written by "
+                              "nashir: restore it from a copy, or start a new run")
+        missing = sorted(cols - have)
+        if missing:
+            raise SearchError(f"ledger {path}: table {table!r} lacks column(s) {missing}; it is damaged or "
+                              "not written by nashir: restore it from a copy, or start a new run")
+        if table == "candidates":
+            has_sha = "sha256" in have
+    return has_sha
+
+
+def _row(row: sqlite3.Row, path: Path | None = None) -> dict[str, Any]:
     d = dict(row)
     for k in _JSON_COLS:
         if d.get(k) is not None:
-            d[k] = json.loads(d[k])
+            try:
+                d[k] = json.loads(d[k])
+            except (TypeError, ValueError):
+                raise SearchError(
+                    f"ledger {path}: candidate {d.get('id')!r} has a corrupt {k!r} column (not JSON: "
+                    f"{str(d[k])[:40]!r}); the ledger is damaged: restore it from a copy, or start a new run"
+                ) from None
+    if d.get("status") not in STATUSES:
+        raise SearchError(f"ledger {path}: candidate {d.get('id')!r} has an unknown status "
+                          f"{d.get('status')!r}; the ledger is damaged")
     return d
