@@ -42,8 +42,9 @@ def deepen_reason(graph: Graph, v: Value) -> str | None:
     if v.dtype != "float32":
         return f"{v.name!r} has dtype {v.dtype}, not float32"
     shape = v.shape or ()
-    if len(shape) not in (2, 4):
-        return f"{v.name!r} has rank {len(shape)}; a Conv needs N x C x H x W and a Gemm N x F"
+    if len(shape) not in (2, 3, 4, 5):
+        return (f"{v.name!r} has rank {len(shape)}; a Conv needs N x C x L, N x C x H x W or "
+                "N x C x D x H x W and a Gemm N x F")
     if not isinstance(shape[1], (int, np.integer)):
         return f"{v.name!r} has no known channel count (shape {list(shape)})"
     return None
@@ -53,7 +54,8 @@ def deepen_reason(graph: Graph, v: Value) -> str | None:
 class Net2Deeper(Pass):
     """Insert an identity layer after a value: ``Conv(k x k) -> BatchNorm -> Relu`` (NASH's block).
 
-    For an NCHW value: a Conv with ``C`` in and out channels, kernel ``k`` odd, stride 1, pads
+    For an NCHW value (or N x C x L, N x C x D x H x W: a Conv1d/Conv3d of the same form): a Conv
+    with ``C`` in and out channels, kernel ``k`` odd, stride 1, pads
     ``(k-1)//2``, no bias, weight 1 at the centre tap of channel ``i -> i``
     (:func:`~nashir.passes.transforms.identity_conv_weight`). For a flat value ``N x F``: a Gemm
     with the identity ``W[F, F]`` and zero bias. Then a BatchNormalization that is the identity in
@@ -116,13 +118,14 @@ class Net2Deeper(Pass):
         relu = self.relu != "never" and is_nonneg(graph, v)
         added = []
         info: dict = {"after": v.name}
-        if len(v.shape) == 4:
+        if len(v.shape) > 2:
+            nsp = len(v.shape) - 2
             k = self.kernel if self.kernel is not None else self.kernels[int(rng.integers(len(self.kernels)))]
             name = graph.auto_node_name("Conv")
-            w = graph.add_const(identity_conv_weight(c, k), f"{name}.weight")
+            w = graph.add_const(identity_conv_weight(c, k if nsp == 2 else [k] * nsp), f"{name}.weight")
             p = (k - 1) // 2
-            layer = graph.insert_after(v, "Conv", [w], {"kernel_shape": [k, k], "strides": [1, 1],
-                                                        "pads": [p, p, p, p], "dilations": [1, 1],
+            layer = graph.insert_after(v, "Conv", [w], {"kernel_shape": [k] * nsp, "strides": [1] * nsp,
+                                                        "pads": [p] * (2 * nsp), "dilations": [1] * nsp,
                                                         "group": 1}, name=name)
             info["kernel"] = int(k)
         else:

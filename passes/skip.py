@@ -14,7 +14,7 @@ import numpy as np
 from nashir.errors import GraphError, PassError
 from nashir.ir import Graph, Node, Value
 
-from .analysis import channel_flow, layer_outputs, resolve_value
+from .analysis import ChannelFlow, channel_flow, layer_outputs, resolve_value
 from .base import Pass, PassResult, Site, register_pass
 from .net2wider import remap_channels
 from .transforms import pool_factors
@@ -68,17 +68,23 @@ def skip_reason(graph: Graph, a: Value, b: Value) -> str | None:
     return shape_reason(a, b)
 
 
+#: Ranks a skip joins: N x F vectors and N x C x spatial maps with 1 to 3 spatial axes.
+SKIP_RANKS = (2, 3, 4, 5)
+
+
 def shape_reason(a: Value, b: Value) -> str | None:
     """Why the shapes of ``a`` and ``b`` cannot be joined by a skip (ranks, symbolic sizes,
-    spatial sizes no pooling matches), or None."""
+    spatial sizes no pooling matches), or None. Two maps of one rank (N x C x L, N x C x H x W,
+    N x C x D x H x W), two N x F vectors, or a map into a vector (by global pooling) can be joined."""
     ra, rb = len(a.shape or ()), len(b.shape or ())
-    if ra != rb or ra not in (2, 4):
+    if ra not in SKIP_RANKS or rb not in SKIP_RANKS or (ra != rb and not (ra > 2 and rb == 2)):
         return (f"{a.name!r} has shape {list(a.shape or ())} and {b.name!r} {list(b.shape or ())}; a skip "
-                "joins two N x C x H x W maps or two N x F vectors")
-    dims = list(a.shape[1:]) + list(b.shape[1:])
+                "joins two N x C x H x W maps (or N x C x L, N x C x D x H x W) of one rank, two N x F "
+                "vectors, or a map into a vector")
+    dims = list(a.shape[1:2]) + list(b.shape[1:]) + (list(a.shape[2:]) if ra == rb else [])
     if not all(isinstance(d, (int, np.integer)) for d in dims):
         return f"{a.name!r} or {b.name!r} has a symbolic size ({a.shape} vs {b.shape})"
-    if ra == 4 and pool_factors(a.shape[2:], b.shape[2:]) is None:
+    if ra == rb and ra > 2 and pool_factors(a.shape[2:], b.shape[2:]) is None:
         return (f"spatial sizes {list(a.shape[2:])} of {a.name!r} and {list(b.shape[2:])} of {b.name!r} "
                 "differ by no factor that pooling (kernel = stride = factor) can match")
     return None
@@ -87,21 +93,31 @@ def shape_reason(a: Value, b: Value) -> str | None:
 def _path(graph: Graph, a: Value, b: Value, out_channels: int, weight: np.ndarray,
           pool: str) -> tuple[Value, list[Node]]:
     """``P(a)``: optional pooling to ``b``'s spatial size, then a 1x1 Conv (or a Gemm for flat values)
-    with ``weight`` (no bias). Returns its output and the new nodes."""
+    with ``weight`` (no bias); from a map into a vector, global pooling (GlobalAveragePool or
+    GlobalMaxPool) and Flatten, then a Gemm. Returns its output and the new nodes."""
     nodes: list[Node] = []
     x = a
-    if len(a.shape) == 4:
+    nsp = len(a.shape) - 2
+    if nsp > 0 and len(b.shape) == 2:
+        op = "GlobalMaxPool" if pool == "max" else "GlobalAveragePool"
+        pn = graph.add_node(op, [x], name=graph.auto_node_name(op))
+        fl = graph.add_node("Flatten", [pn.outputs[0]], {"axis": 1}, name=graph.auto_node_name("Flatten"))
+        nodes += [pn, fl]
+        x = fl.outputs[0]
+        nsp = 0
+    if nsp > 0:
         fs, ceil = pool_factors(a.shape[2:], b.shape[2:])
         if any(f > 1 for f in fs):
             op = "MaxPool" if pool == "max" else "AveragePool"
-            pn = graph.add_node(op, [x], {"kernel_shape": fs, "strides": fs, "pads": [0, 0, 0, 0],
+            pn = graph.add_node(op, [x], {"kernel_shape": fs, "strides": fs, "pads": [0] * (2 * nsp),
                                           "ceil_mode": int(ceil)}, name=graph.auto_node_name(op))
             nodes.append(pn)
             x = pn.outputs[0]
         name = graph.auto_node_name("Conv")
-        w = graph.add_const(weight.reshape(out_channels, int(a.shape[1]), 1, 1), f"{name}.weight")
-        cn = graph.add_node("Conv", [x, w], {"kernel_shape": [1, 1], "strides": [1, 1], "pads": [0, 0, 0, 0],
-                                             "dilations": [1, 1], "group": 1}, name=name)
+        w = graph.add_const(weight.reshape(out_channels, int(a.shape[1]), *[1] * nsp), f"{name}.weight")
+        cn = graph.add_node("Conv", [x, w], {"kernel_shape": [1] * nsp, "strides": [1] * nsp,
+                                             "pads": [0] * (2 * nsp), "dilations": [1] * nsp, "group": 1},
+                            name=name)
     else:
         name = graph.auto_node_name("Gemm")
         w = graph.add_const(weight.reshape(out_channels, int(a.shape[1])), f"{name}.weight")
@@ -110,13 +126,29 @@ def _path(graph: Graph, a: Value, b: Value, out_channels: int, weight: np.ndarra
     return cn.outputs[0], nodes
 
 
+#: The least number of parameters one skip may always add (see :meth:`_Skip.bound`).
+MIN_NEW_PARAMS = 2**20
+#: The share of the graph's parameters one skip may add when that is more than MIN_NEW_PARAMS.
+NEW_PARAMS_SHARE = 0.25
+
+
 class _Skip(Pass):
     exact = True
 
-    def __init__(self, pool: str = "avg"):
+    def __init__(self, pool: str = "avg", max_new_params: int | None = None):
         if pool not in ("avg", "max"):
             raise PassError(f"{self.name}: pool must be 'avg' or 'max', got {pool!r}")
+        if max_new_params is not None and (int(max_new_params) != max_new_params or max_new_params < 1):
+            raise PassError(f"{self.name}: max_new_params must be a positive integer, got {max_new_params!r}")
         self.pool = pool
+        self.max_new_params = None if max_new_params is None else int(max_new_params)
+
+    def bound(self, graph: Graph) -> int:
+        """The most parameters one skip may add to ``graph``: ``max_new_params``, by default
+        ``max(MIN_NEW_PARAMS, NEW_PARAMS_SHARE * params(graph))`` = ``max(2**20, params / 4)``."""
+        if self.max_new_params is not None:
+            return self.max_new_params
+        return max(MIN_NEW_PARAMS, int(graph.param_count() * NEW_PARAMS_SHARE))
 
     def _resolve(self, graph: Graph, site: SkipSite) -> tuple[Value, Value] | str:
         try:
@@ -171,14 +203,41 @@ class AddSkip(_Skip):
     sizes) when ``a`` is larger than ``b``; for flat values a zero Gemm ``W[C_b, C_a]``. ``P(a)``
     is zero, so the function is kept; the gradient with respect to ``P``'s weights is not, so
     the skip trains. NASH's convex form ``lambda*b + (1-lambda)*a`` with lambda = 1 is the same
-    function. Source: NASH section 4.1 (type III).
+    function. From a map into a vector, ``P`` is global pooling (average, or max with
+    ``pool="max"``), Flatten and the zero Gemm. Source: NASH section 4.1 (type III).
+
+    The projection's ``C_b * C_a`` parameters must fit the size bound (:meth:`_Skip.bound`);
+    larger sites are not applicable (checked from shapes, before any array is made).
 
     Args:
         pool: ``"avg"`` or ``"max"``.
+        max_new_params: the most parameters one skip may add; None for the default bound.
     """
 
     name = "add-skip"
     description = "add a zero-initialised residual connection b' = b + conv1x1(pool(a))"
+
+    def size_reason(self, a: Value, b: Value, bound: int) -> str | None:
+        """Why ``P``'s ``C_b x C_a`` weights are over the size bound (None when they fit)."""
+        n = int(a.shape[1]) * int(b.shape[1])
+        if n > bound:
+            return (f"the skip's {int(b.shape[1])} x {int(a.shape[1])} projection would add {n:,} "
+                    f"parameters, over the bound of {bound:,}; pick a narrower source or pass a larger "
+                    "max_new_params")
+        return None
+
+    def check(self, graph: Graph, site: SkipSite) -> str | None:
+        why = super().check(graph, site)
+        if why is not None:
+            return why
+        a, b = self._resolve(graph, site)
+        return self.size_reason(a, b, self.bound(graph))
+
+    def sites(self, graph: Graph) -> list[SkipSite]:
+        """As :meth:`_Skip.sites`, without the pairs over the size bound."""
+        bound = self.bound(graph)
+        return [s for s in super().sites(graph)
+                if self.size_reason(graph.find_value(s.src), graph.find_value(s.dst), bound) is None]
 
     def rewrite(self, graph: Graph, site: SkipSite, rng: np.random.Generator) -> PassResult:
         a, b = graph.find_value(site.src), graph.find_value(site.dst)
@@ -191,31 +250,56 @@ class AddSkip(_Skip):
                                         "pooling": [n.name for n in nodes if "Pool" in n.op_type]})
 
 
+
+
+def _new_params_per_channel(flow: ChannelFlow, ca: int) -> int:
+    """Parameters one new channel of a concat skip adds: its row of ``P`` (``C_a`` weights), a zero
+    input column in every absorber (``rows * kernel * block``) and one entry per carried element
+    in every per-channel array (BatchNorm's four arrays, ...)."""
+    cost = ca
+    for ab in flow.absorbers:
+        w = ab.node.inputs[1].shape
+        cost += int(w[0]) * int(np.prod(w[2:], dtype=np.int64)) * ab.block
+    cost += sum(pc.block for pc in flow.per_channel if pc.axis is not None)
+    return int(cost)
+
+
 @register_pass
 class ConcatSkip(_Skip):
     """``b' = Concat(b, P(a))`` on the channel axis; every consumer of ``b`` gets zero input
     weights for the new channels, found through the channel flow from ``b`` (per-channel arrays on
     the way get neutral values: BatchNorm scale 1, bias 0, mean 0, var 1).
 
-    ``P`` is pooling as in :class:`AddSkip`, then a 1x1 Conv ``C_a -> m`` (``m = channels`` or
-    ``C_a``) with He-initialised weights (He et al. 2015, eq. 10: std ``sqrt(2 / C_a)``), not
-    zeros: the consumers' new weights are zero, so the function is kept, and since ``P(a)`` is
-    not zero those weights get a gradient (zeros on both sides would never train). Not applicable
-    when ``b`` flows into a residual sum, whose other operand would have to grow too. Source: NASH
-    section 4.1 (type III, concatenation).
+    ``P`` is pooling as in :class:`AddSkip`, then a 1x1 Conv ``C_a -> m`` (from a map into a
+    vector: global pooling, Flatten, Gemm) with He-initialised weights (He et al. 2015, eq. 10:
+    std ``sqrt(2 / C_a)``), not zeros: the consumers' new weights are zero, so the function is
+    kept, and since ``P(a)`` is not zero those weights get a gradient (zeros on both sides would
+    never train). Not applicable when ``b`` flows into a residual sum, whose other operand would
+    have to grow too, or into a grouped convolution (the new channels would join its last group
+    only). Source: NASH section 4.1 (type III, concatenation).
+
+    **Size bound.** The new layer has ``m = min(C_a, C_b)`` channels by default (a skip at most
+    doubles ``b``'s width), fewer when the parameters the morph adds, ``m * c`` with ``c`` from
+    :func:`_new_params_per_channel`, would exceed ``max_new_params`` (default
+    ``max(2**20, params(graph) / 4)``): then ``m = floor(max_new_params / c)``, and the site is not
+    applicable when that is 0. An explicit ``channels`` is never reduced: over the bound, the site
+    is not applicable. The bound is checked from shapes before any array is made; weights are
+    drawn directly in float32.
 
     Args:
         pool: ``"avg"`` or ``"max"``.
-        channels: new channels ``m``; default ``C_a``.
+        channels: new channels ``m``; default ``min(C_a, C_b)`` within the bound.
         init: ``"he"`` (default) or ``"zeros"`` for ``P``'s weights. Zeros are exact too, but
             then ``P`` and the consumers' new weights both start at zero and never get a gradient.
+        max_new_params: the most parameters one morph may add; None for the default above.
     """
 
     name = "concat-skip"
     description = "concatenate conv1x1(pool(a)) to b; b's consumers get zero weights for it"
 
-    def __init__(self, pool: str = "avg", channels: int | None = None, init: str = "he"):
-        super().__init__(pool)
+    def __init__(self, pool: str = "avg", channels: int | None = None, init: str = "he",
+                 max_new_params: int | None = None):
+        super().__init__(pool, max_new_params)
         if channels is not None and (int(channels) != channels or channels < 1):
             raise PassError(f"concat-skip: channels must be a positive integer, got {channels!r}")
         if init not in ("he", "zeros"):
@@ -223,14 +307,69 @@ class ConcatSkip(_Skip):
         self.channels = None if channels is None else int(channels)
         self.init = init
 
+    def _flow(self, graph: Graph, b: Value) -> ChannelFlow:
+        return channel_flow(graph, b, couple=False)
+
+    def _flow_reason(self, b: Value, flow: ChannelFlow) -> str | None:
+        if not flow.ok:
+            return f"{b.name!r} cannot take new channels: {flow.reason}"
+        if flow.groups > 1:
+            return (f"{b.name!r} flows into grouped convolutions ({flow.groups} groups); new channels "
+                    "would join the last group only, which changes the group sizes")
+        return None
+
     def target_reason(self, graph: Graph, b: Value) -> str | None:
-        flow = channel_flow(graph, b, couple=False)
-        return None if flow.ok else f"{b.name!r} cannot take new channels: {flow.reason}"
+        return self._flow_reason(b, self._flow(graph, b))
+
+    def new_channels(self, graph: Graph, a: Value, b: Value, flow: ChannelFlow,
+                     bound: int | None = None) -> tuple[int, int, str | None]:
+        """``(m, added parameters, reason)``: the new layer's width under the size bound, what the
+        morph adds, and why it is not applicable (None when it is)."""
+        ca, cb = int(a.shape[1]), int(b.shape[1])
+        per = _new_params_per_channel(flow, ca)
+        bound = self.bound(graph) if bound is None else bound
+        if self.channels is not None:
+            m = self.channels
+            if m * per > bound:
+                return m, m * per, (f"{m} new channels would add {m * per:,} parameters ({per:,} each), over "
+                                    f"the bound of {bound:,}; give fewer channels or a larger max_new_params")
+            return m, m * per, None
+        m = min(ca, cb, bound // per)
+        if m < 1:
+            return 0, 0, (f"one new channel from {a.name!r} into {b.name!r} would add {per:,} parameters, "
+                          f"over the bound of {bound:,}; pass a larger max_new_params")
+        return m, m * per, None
+
+    def check(self, graph: Graph, site: SkipSite) -> str | None:
+        r = self._resolve(graph, site)
+        if isinstance(r, str):
+            return r
+        a, b = r
+        why = skip_reason(graph, a, b)
+        if why is not None:
+            return why
+        flow = self._flow(graph, b)
+        return self._flow_reason(b, flow) or self.new_channels(graph, a, b, flow)[2]
+
+    def sites(self, graph: Graph) -> list[SkipSite]:
+        """As :meth:`_Skip.sites`, without the pairs over the size bound (one flow per target)."""
+        flows: dict[str, ChannelFlow] = {}
+        bound = self.bound(graph)
+        out = []
+        for s in super().sites(graph):   # target_reason() already refused blocked targets
+            b = graph.find_value(s.dst)
+            if s.dst not in flows:
+                flows[s.dst] = self._flow(graph, b)
+            if self.new_channels(graph, graph.find_value(s.src), b, flows[s.dst], bound)[2] is None:
+                out.append(s)
+        return out
 
     def rewrite(self, graph: Graph, site: SkipSite, rng: np.random.Generator) -> PassResult:
         a, b = graph.find_value(site.src), graph.find_value(site.dst)
         ca, cb = int(a.shape[1]), int(b.shape[1])
-        m = self.channels or ca
+        m, added, why = self.new_channels(graph, a, b, self._flow(graph, b))
+        if why is not None:  # pragma: no cover - apply() ran check() first
+            raise PassError(f"concat-skip {site}: {why}")
         # Built with zero new channels first, so that every rewire keeps shapes (graph mutators
         # only rewire between equal shapes); then the channel flow from the concat grows it.
         p_out, nodes = _path(graph, a, b, 0, np.zeros((0, ca), np.float32), self.pool)
@@ -239,18 +378,20 @@ class ConcatSkip(_Skip):
         flow = channel_flow(graph, cat.outputs[0], couple=False)
         if not flow.ok:  # pragma: no cover - check() ran the same flow from b
             raise PassError(f"concat-skip {site}: {flow.reason}")
-        if self.init == "he":
-            w = rng.normal(0.0, np.sqrt(2.0 / ca), (m, ca)).astype(np.float32)
+        if self.init == "he":   # drawn in float32: no float64 copy of a large layer
+            w = rng.standard_normal((m, ca), dtype=np.float32)
+            w *= np.float32(np.sqrt(2.0 / ca))
         else:
             w = np.zeros((m, ca), np.float32)
         proj = nodes[-2]  # the 1x1 Conv (or Gemm) of P
-        graph.set_const(proj.inputs[1], w.reshape((m, ca, 1, 1) if len(a.shape) == 4 else (m, ca)))
+        graph.set_const(proj.inputs[1], w.reshape((m, *proj.inputs[1].shape[1:])))
         local_idx = np.concatenate([np.arange(cb), -np.ones(m, dtype=np.int64)])
         local_w = np.concatenate([np.ones(cb), np.zeros(m)])
         remap_channels(graph, flow, local_idx, local_w, producer_rows=False)
         return PassResult(graph, True, {"src": a.name, "dst": b.name, "channels": int(m),
-                                        "nodes": [n.name for n in nodes],
+                                        "new_params": int(added), "nodes": [n.name for n in nodes],
                                         "pooling": [n.name for n in nodes if "Pool" in n.op_type]})
 
 
-__all__ = ["AddSkip", "ConcatSkip", "SkipSite", "parse_skip", "skip_reason", "shape_reason"]
+__all__ = ["AddSkip", "ConcatSkip", "SkipSite", "parse_skip", "skip_reason", "shape_reason", "SKIP_RANKS",
+           "MIN_NEW_PARAMS", "NEW_PARAMS_SHARE"]

@@ -196,21 +196,26 @@ def split_columns(w: np.ndarray, idx: np.ndarray, weight: np.ndarray, axis: int 
     return out
 
 
-def identity_conv_weight(channels: int, kernel: int | Sequence[int], dtype=np.float32) -> np.ndarray:
-    """OIHW ``(C, C, kH, kW)`` weight of a Conv that is the identity (stride 1, pads ``(k-1)//2``).
+def identity_conv_weight(channels: int, kernel: int | Sequence[int], dtype=np.float32,
+                         spatial: int = 2) -> np.ndarray:
+    """OIHW ``(C, C, kH, kW)`` weight of a Conv that is the identity (stride 1, pads ``(k-1)//2``);
+    ``(C, C, k)`` for a Conv1d (``spatial=1``), ``(C, C, kD, kH, kW)`` for 3-D.
 
     One at the centre tap ``((kH-1)//2, (kW-1)//2)`` of channel ``i -> i``, zero elsewhere.
     Source: Net2DeeperNet (Net2Net section 2.3) / NASH section 4.1 (morphism type I).
 
+    Args:
+        kernel: one size for every spatial axis, or one per axis (then ``spatial`` is its length).
+
     Raises:
         ValueError: an even kernel (no centre tap keeps the size with symmetric pads).
     """
-    kh, kw = (kernel, kernel) if isinstance(kernel, (int, np.integer)) else tuple(kernel)
-    if kh % 2 == 0 or kw % 2 == 0 or kh < 1 or kw < 1:
-        raise ValueError(f"an identity conv needs odd kernel sizes, got {kh}x{kw}")
-    w = np.zeros((channels, channels, kh, kw), dtype=dtype)
+    ks = (int(kernel),) * spatial if isinstance(kernel, (int, np.integer)) else tuple(int(k) for k in kernel)
+    if any(k % 2 == 0 or k < 1 for k in ks):
+        raise ValueError(f"an identity conv needs odd kernel sizes, got {'x'.join(map(str, ks))}")
+    w = np.zeros((channels, channels, *ks), dtype=dtype)
     i = np.arange(channels)
-    w[i, i, (kh - 1) // 2, (kw - 1) // 2] = 1
+    w[(i, i, *[(k - 1) // 2 for k in ks])] = 1
     return w
 
 
@@ -224,14 +229,17 @@ def identity_batchnorm(channels: int, eps: float = 1e-5, dtype=np.float32) -> tu
             np.zeros(channels, dtype=dtype), np.ones(channels, dtype=dtype))
 
 
-def pad_kernel(w: np.ndarray, by: int = 1) -> np.ndarray:
-    """OIHW weight zero-padded by ``by`` taps on each side of both spatial axes: ``k -> k + 2*by``.
+def pad_kernel(w: np.ndarray, by: int | Sequence[int] = 1) -> np.ndarray:
+    """OIHW weight zero-padded by ``by`` taps on each side of the spatial axes: ``k -> k + 2*by``;
+    ``by`` is one number for every axis or one per axis (0 keeps that axis).
 
     Together with pads increased by ``by * dilation`` per side the convolution is unchanged
     (Wei et al., "Network Morphism", ICML 2016, arXiv 1603.01670, section 3.4, kernel size morphing).
     """
-    out = np.zeros(w.shape[:2] + tuple(d + 2 * by for d in w.shape[2:]), dtype=w.dtype)
-    out[(slice(None), slice(None)) + (slice(by, -by or None),) * (w.ndim - 2)] = w
+    nsp = w.ndim - 2
+    bys = [int(by)] * nsp if isinstance(by, (int, np.integer)) else [int(b) for b in by]
+    out = np.zeros(w.shape[:2] + tuple(d + 2 * b for d, b in zip(w.shape[2:], bys)), dtype=w.dtype)
+    out[(slice(None), slice(None)) + tuple(slice(b, -b or None) for b in bys)] = w
     return out
 
 

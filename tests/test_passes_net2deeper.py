@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from test_passes_nets import plain_net, residual_net
+from test_passes_nets import conv1d_net, plain_net, residual_net
 
 from nashir import GraphBuilder
 from nashir.errors import NotApplicable, PassError
@@ -105,11 +105,27 @@ def test_sites_and_reasons():
     assert p.parse_site(g, "c2") == ValueSite("c2")  # a node name means its output
 
 
-def test_rank_three_is_not_applicable():
-    b = GraphBuilder("r3", (3, 8), seed=0)
+def test_rank_six_is_not_applicable():
+    b = GraphBuilder("r6", (3, 2, 2, 2, 2), seed=0)
     h = b.graph.add_node("Relu", [b.input], name="r").output
     g = b.build(b.graph.add_node("Relu", [h], name="out").output)
-    assert "rank 3" in get_pass("net2deeper").check(g, ValueSite("r"))
+    assert "rank 6" in get_pass("net2deeper").check(g, ValueSite("r"))
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_conv1d_value_gets_an_identity_conv1d(kernel):
+    """Rank 3 (N x C x L, Conv1d models): the same Conv-BN-ReLU block with a k-tap 1-D kernel."""
+    g = conv1d_net(length=11)
+    p = get_pass("net2deeper", kernel=kernel)
+    assert [str(s) for s in p.sites(g)] == ["r1", "r2", "r3", "flat"]
+    g2, res = deepen(g, "r1", kernel=kernel)
+    conv = g2.node(res.info["nodes"][0])
+    assert conv.attrs["kernel_shape"] == [kernel] and conv.attrs["pads"] == [kernel // 2] * 2
+    assert conv.inputs[1].const.shape == (4, 4, kernel)
+    assert [g2.node(n).op_type for n in res.info["nodes"]] == ["Conv", "BatchNormalization", "Relu"]
+    ramp = np.arange(11.0)[None, None, :] * (1 + np.arange(3.0))[None, :, None]
+    x = (ramp + np.random.default_rng(2).standard_normal((2, 3, 11))).astype(np.float32)  # no symmetry
+    assert check_preservation(g, g2, inputs=x).ok
 
 
 def test_options_are_validated():

@@ -64,3 +64,26 @@ def test_nets_verify_and_run():
         x = np.random.default_rng(0).standard_normal((2, *g.inputs[0].shape[1:])).astype(np.float32)
         (y,) = run(g, x)
         assert y.shape[0] == 2 and np.isfinite(y).all()
+
+
+def conv1d(b: GraphBuilder, x, cout: int, k: int = 3, stride: int = 1, name: str | None = None,
+           seed: int = 0):
+    """A Conv1d (weight (C_out, C_in, k), bias, pads (k-1)//2) in a GraphBuilder graph."""
+    rng = np.random.default_rng(seed)
+    name = name or b.graph.auto_node_name("Conv")
+    w = b.graph.add_const((rng.standard_normal((cout, int(x.shape[1]), k)) * 0.5).astype(np.float32),
+                          f"{name}.weight")
+    bias = b.graph.add_const((rng.standard_normal(cout) * 0.1).astype(np.float32), f"{name}.bias")
+    p = (k - 1) // 2
+    return b.graph.add_node("Conv", [x, w, bias], {"kernel_shape": [k], "strides": [stride], "pads": [p, p],
+                                                   "dilations": [1], "group": 1}, name=name).output
+
+
+def conv1d_net(seed: int = 0, length: int = 12) -> Graph:
+    """Conv1d c1 (4) -> BN -> relu (r1) -> Conv1d c2 (6, stride 2) -> relu (r2) -> Conv1d c3 (6) -> relu (r3)
+    -> flatten -> gemm fc (3): an N x C x L model."""
+    b = GraphBuilder("c1d", (3, length), seed=seed)
+    r1 = b.relu(rand_bn(b, conv1d(b, b.input, 4, name="c1", seed=seed), "bn1"), name="r1")
+    r2 = b.relu(conv1d(b, r1, 6, stride=2, name="c2", seed=seed + 1), name="r2")
+    r3 = b.relu(conv1d(b, r2, 6, k=5, name="c3", seed=seed + 2), name="r3")
+    return b.build(b.gemm(b.flatten(r3, name="flat"), 3, name="fc"))

@@ -164,8 +164,9 @@ def test_concat_skip_into_a_residual_sum_is_not_applicable():
 
 def test_sites():
     g = plain_net()
-    assert [str(s) for s in get_pass("add-skip").sites(g)] == ["r1->r2", "r1->r3", "r2->r3"]
-    assert [str(s) for s in get_pass("concat-skip").sites(g)] == ["r1->r2", "r1->r3", "r2->r3"]
+    want = ["r1->r2", "r1->r3", "r2->r3", "r1->flat", "r2->flat", "r3->flat"]   # maps into the vector too
+    assert [str(s) for s in get_pass("add-skip").sites(g)] == want
+    assert [str(s) for s in get_pass("concat-skip").sites(g)] == want
     r = residual_net()
     assert "r0->bn_b" in [str(s) for s in get_pass("add-skip").sites(r)]
     assert "r0->bn_b" not in [str(s) for s in get_pass("concat-skip").sites(r)]
@@ -175,7 +176,6 @@ def test_sites():
     ("r2", "r1", "'r2' is not an ancestor of 'r1'"),
     ("r1", "r1", "same value"),
     ("r1", "fc", "graph output"),
-    ("r3", "flat", "N x C x H x W maps or two N x F vectors"),
     ("c1.weight", "r2", "constant"),
     ("nope", "r2", "no value or node named 'nope'"),
 ])
@@ -183,6 +183,14 @@ def test_reasons(src, dst, match):
     g = plain_net()
     for kind in ("add-skip", "concat-skip"):
         assert match in get_pass(kind).check(g, SkipSite(src, dst))
+
+
+def test_a_vector_into_a_map_is_refused():
+    from nashir.passes.skip import shape_reason
+
+    g = plain_net()
+    assert "a map into a vector" in shape_reason(g.value("flat"), g.value("r3"))
+    assert shape_reason(g.value("r3"), g.value("flat")) is None
 
 
 def test_spatial_sizes_no_pooling_can_match():
@@ -235,3 +243,94 @@ def test_a_nonzero_add_skip_is_caught_by_preservation(monkeypatch):
     monkeypatch.setattr(S, "_path", noisy)
     g2, _ = skip("add-skip", g, "r1", "r2")
     assert not check_preservation(g, g2).ok
+
+
+# ---------------------------------------------------------------------------------------------- issue 16
+
+
+@pytest.mark.parametrize("kind", ["add-skip", "concat-skip"])
+@pytest.mark.parametrize("pool,op", [("avg", "GlobalAveragePool"), ("max", "GlobalMaxPool")])
+def test_skip_from_a_map_into_a_vector(kind, pool, op):
+    """r2 (N x 6 x 6 x 6) -> flat (N x 54): global pooling, Flatten, then a Gemm."""
+    g = plain_net()
+    g2, res = skip(kind, g, "r2", "flat", pool=pool)
+    ops = [g2.node(n).op_type for n in res.info["nodes"]]
+    assert ops == [op, "Flatten", "Gemm", "Add" if kind == "add-skip" else "Concat"]
+    gemm = g2.node(res.info["nodes"][2])
+    m = 6 if kind == "add-skip" else res.info["channels"]
+    assert gemm.inputs[1].const.shape == ((54, 6) if kind == "add-skip" else (m, 6))
+    if kind == "concat-skip":
+        assert m == 6   # min(C_a, C_b) = min(6, 54)
+        fc = g2.node("fc").inputs[1].const
+        assert fc.shape == (5, 54 + m) and not fc[:, 54:].any()
+    preserved(g, g2)
+
+
+@pytest.mark.parametrize("kind", ["add-skip", "concat-skip"])
+def test_skips_between_conv1d_maps(kind):
+    from test_passes_nets import conv1d_net
+
+    g = conv1d_net()
+    sites = [str(s) for s in get_pass(kind).sites(g)]
+    assert "r1->r3" in sites and "r1->flat" in sites
+    g2, res = skip(kind, g, "r1", "r3")
+    pool = g2.node(res.info["pooling"][0])
+    assert pool.attrs["kernel_shape"] == [2] and pool.attrs["pads"] == [0, 0]
+    assert g2.node(res.info["nodes"][1]).inputs[1].const.shape[2:] == (1,)
+    preserved(g, g2)
+
+
+def _wide_flat_net():
+    """flat (N x 57600) -> relu (wide) -> gemm: an add-skip flat->wide needs a 57600^2 zero Gemm (13 GB)."""
+    b = GraphBuilder("wide", (64, 30, 30), seed=0)
+    f = b.flatten(b.relu(b.input, name="r0"), name="flat")
+    wide = b.relu(f, name="wide")
+    return b.build(b.gemm(wide, 2, name="fc"))
+
+
+def test_size_bound_refuses_a_huge_add_skip_before_allocating():
+    g = _wide_flat_net()
+    p = get_pass("add-skip")
+    reason = p.check(g, SkipSite("flat", "wide"))
+    assert "3,317,760,000 parameters" in reason and "bound of 1,048,576" in reason
+    with pytest.raises(NotApplicable, match="over the bound"):
+        p.apply(g.clone(), SkipSite("flat", "wide"))
+    assert get_pass("add-skip", max_new_params=10**10).check(g, SkipSite("flat", "wide")) is None
+
+
+def test_size_bound_narrows_a_concat_skip():
+    g = _wide_flat_net()
+    p = get_pass("concat-skip")
+    # each new channel costs a row of P (57600) and a zero column of fc (2 rows)
+    g2, res = skip("concat-skip", g, "flat", "wide")
+    assert res.info["channels"] == 2**20 // 57602 == 18 and res.info["new_params"] == 18 * 57602
+    assert g2.param_count() - g.param_count() == res.info["new_params"] <= p.bound(g)
+    preserved(g, g2)
+    assert "over the bound" in get_pass("concat-skip", channels=57600).check(g, SkipSite("flat", "wide"))
+    assert "over the bound" in get_pass("concat-skip", max_new_params=1000).check(g, SkipSite("flat", "wide"))
+    assert "flat->wide" not in [str(s) for s in get_pass("concat-skip", max_new_params=1000).sites(g)]
+
+
+def test_bound_is_a_quarter_of_a_large_model():
+    from nashir.passes.skip import MIN_NEW_PARAMS
+
+    g = plain_net()
+    p = get_pass("concat-skip")
+    assert p.bound(g) == MIN_NEW_PARAMS
+
+    class Big:   # the bound reads only the parameter count (a VGG-11-BN has 132,868,840)
+        def param_count(self):
+            return 132_868_840
+
+    assert p.bound(Big()) == 132_868_840 // 4
+    with pytest.raises(PassError, match="max_new_params"):
+        get_pass("add-skip", max_new_params=0)
+
+
+def test_concat_skip_into_a_grouped_conv_is_not_applicable():
+    b = GraphBuilder("grp", (3, 6, 6), seed=0)
+    r1 = b.relu(b.conv(b.input, 4, name="c1"), name="r1")
+    r2 = b.relu(b.conv(r1, 4, name="c2"), name="r2")
+    h = b.relu(b.conv(r2, 4, group=2, name="gc"), name="r3")
+    g = b.build(b.gemm(b.flatten(h), 2))
+    assert "grouped convolutions (2 groups)" in get_pass("concat-skip").check(g, SkipSite("r1", "r2"))

@@ -82,3 +82,53 @@ def test_wrong_padding_is_caught_by_the_verifier(monkeypatch):
     monkeypatch.setattr(Graph, "infer_shapes", lambda self: None)
     with pytest.raises(PassError, match=r"step 1 \(widen-kernel\) at c2 left a graph that does not verify"):
         Sequential((get_pass("widen-kernel"), "c2")).run(g)
+
+
+# ---------------------------------------------------------------------------------------------- per axis
+
+
+@pytest.mark.parametrize("kernel,want", [((1, 7), [3, 7]), ((7, 1), [7, 3]), ((5, 7), [7, 7]),
+                                         ((1, 5), [3, 7])])
+def test_only_the_axes_below_the_maximum_grow(kernel, want):
+    """A 1x7 kernel under max_kernel=7 grows only its first axis (it was refused before)."""
+    b = GraphBuilder("wk", (4, 9, 9), seed=2)
+    h = b.relu(b.conv(b.input, 5, kernel=kernel, name="c"), name="r")
+    g = b.build(b.gemm(b.flatten(h), 3))
+    p = get_pass("widen-kernel")
+    assert p.check(g, NodeSite("c")) is None and "c" in [str(s) for s in p.sites(g)]
+    g2 = g.clone()
+    w = g.node("c").inputs[1].const
+    res = p.apply(g2, NodeSite("c"))
+    g2.verify()
+    assert res.info["to"] == want and g2.node("c").attrs["kernel_shape"] == want
+    grown = [(t - k) // 2 for t, k in zip(want, kernel)]
+    pads = g.node("c").attrs["pads"]
+    assert g2.node("c").attrs["pads"] == [p + grown[i % 2] for i, p in enumerate(pads)]
+    new = g2.node("c").inputs[1].const
+    np.testing.assert_array_equal(new[:, :, grown[0]:grown[0] + kernel[0], grown[1]:grown[1] + kernel[1]], w)
+    assert np.count_nonzero(new) == np.count_nonzero(w)
+    rep = check_preservation(g, g2)
+    assert rep.ok, rep
+
+
+def test_a_kernel_at_the_maximum_on_every_axis_is_refused():
+    b = GraphBuilder("wk", (4, 9, 9), seed=2)
+    h = b.relu(b.conv(b.input, 5, kernel=(7, 6), name="c"), name="r")
+    g = b.build(b.gemm(b.flatten(h), 3))
+    p = get_pass("widen-kernel")
+    assert "would exceed max_kernel=7" in p.check(g, NodeSite("c"))
+    assert p.sites(g) == []
+
+
+def test_conv1d_kernel_grows():
+    from test_passes_nets import conv1d_net
+
+    g = conv1d_net()
+    p = get_pass("widen-kernel")
+    assert [str(s) for s in p.sites(g)] == ["c1", "c2", "c3"]
+    g2 = g.clone()
+    res = p.apply(g2, NodeSite("c2"))
+    g2.verify()
+    assert res.info == {"node": "c2", "from": [3], "to": [5], "pads": [2, 2]}
+    assert g2.node("c2").inputs[1].const.shape == (6, 4, 5)
+    assert check_preservation(g, g2).ok
