@@ -379,14 +379,14 @@ class _Importer:
     def _tensor_array(self, t: onnx.TensorProto) -> np.ndarray:
         if t.data_location == TensorProto.EXTERNAL:
             raw = self._external_bytes(t)
-            arr = np.frombuffer(raw, dtype=_np_dtype(t.data_type).newbyteorder("<"))
+            arr = raw.view(_np_dtype(t.data_type).newbyteorder("<"))   # read into its own buffer: no copy
             if arr.size != math.prod(t.dims):
                 raise self.fail(
                     f"external data of tensor {t.name!r} holds {arr.size} values, its shape "
                     f"{list(t.dims)} needs "
                     f"{math.prod(t.dims)}; the data file is truncated or does not belong to this model"
                 )
-            return arr.astype(arr.dtype.newbyteorder("="), copy=True).reshape(tuple(t.dims))
+            return arr.astype(arr.dtype.newbyteorder("="), copy=False).reshape(tuple(t.dims))
         plain = (TensorProto.FLOAT, TensorProto.INT64, TensorProto.DOUBLE, TensorProto.INT32)
         if t.HasField("raw_data") and t.data_type in plain:
             dt = _np_dtype(t.data_type).newbyteorder("<")
@@ -402,7 +402,7 @@ class _Importer:
         except Exception as e:
             raise self.fail(f"tensor {t.name!r} cannot be read ({e})") from None
 
-    def _external_bytes(self, t: onnx.TensorProto) -> bytes:
+    def _external_bytes(self, t: onnx.TensorProto) -> np.ndarray:
         info = {e.key: e.value for e in t.external_data}
         loc = info.get("location")
         if not loc:
@@ -427,7 +427,7 @@ class _Importer:
             )
         return self._read_bounded(t, loc, full, info)
 
-    def _read_bounded(self, t: onnx.TensorProto, loc: str, full: str, info: dict) -> bytes:
+    def _read_bounded(self, t: onnx.TensorProto, loc: str, full: str, info: dict) -> np.ndarray:
         """Read exactly the bytes tensor ``t`` needs (its shape times its element size) from ``full``:
         the claim is checked against the file's size before anything is read, so a small tensor that
         points into a huge file reads only its own bytes."""
@@ -467,12 +467,19 @@ class _Importer:
                 f"{what} file {loc!r} is truncated ({have} of {need} bytes at offset {offset}); copy the "
                 "complete file"
             )
+        raw = np.empty(need, np.uint8)   # exactly the claimed bytes, read in place (no second copy)
+        got = 0
         with open(full, "rb") as f:
             f.seek(offset)
-            raw = f.read(need)
-        if len(raw) != need:  # the file shrank while it was read
+            view = memoryview(raw)
+            while got < need:
+                k = f.readinto(view[got:])
+                if not k:
+                    break
+                got += k
+        if got != need:  # the file shrank while it was read
             raise self.fail(
-                f"{what} file {loc!r} is truncated ({len(raw)} of {need} bytes at offset {offset}); copy the "
+                f"{what} file {loc!r} is truncated ({got} of {need} bytes at offset {offset}); copy the "
                 "complete file"
             )
         return raw
