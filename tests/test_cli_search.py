@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from nashir.cli import main
@@ -73,6 +74,9 @@ def test_the_tiny_run_folder(run_dir):
         (["--passes", "net2widr"], ["--passes: no pass named 'net2widr'", "net2wider"]),
         (["--resume", "--force", "--out", "x"], ["contradict"]),
         (["--resume"], ["--resume needs --out"]),
+        (["--max-macs", "0"], ["--max-macs (max_macs) must be a positive integer"]),
+        (["--final-warmup", "-1"], ["--final-warmup (final_warmup) must be a finite number of epochs >= 0"]),
+        (["--precision", "fp16"], ["fp16"]),
     ],
 )
 def test_contradictory_or_bad_flags(capsys, tmp_path, flags, patterns):
@@ -96,6 +100,58 @@ def test_data_folder_without_the_data_set(capsys, tmp_path):
     )
     assert not (tmp_path / "o").exists()
     assert list(empty.iterdir()) == []
+
+
+@pytest.mark.parametrize("fault", ["missing-folder", "missing-file", "bad-magic", "truncated"])
+def test_fashion_mnist_faults_exit_2_before_anything_is_written(capsys, tmp_path, fault, run_dir):
+    from test_data import idx_bytes, write_idx_set
+
+    folder = tmp_path / "fm"
+    if fault != "missing-folder":
+        over = {}
+        if fault == "bad-magic":
+            over = {"train_x": b"PK\x03\x04 a zip file"}
+        elif fault == "truncated":
+            over = {"test_x": idx_bytes(np.zeros((10, 6, 6), np.uint8))[:-1]}
+        write_idx_set(folder, overrides=over)
+        if fault == "missing-file":
+            (folder / "train-labels-idx1-ubyte.gz").unlink()
+    files_before = snapshot(folder) if folder.exists() else {}
+    run_before = snapshot(run_dir)
+    expect = {
+        "missing-folder": "no such folder",
+        "missing-file": "lacks train-labels-idx1-ubyte[.gz]",
+        "bad-magic": "bad IDX magic number",
+        "truncated": "truncated IDX file",
+    }[fault]
+    for out, extra in ((tmp_path / "o", []), (run_dir, ["--force"])):
+        _fails(capsys, ["search", "--dataset", "fashion-mnist", "--data-dir", str(folder), *NO_TRAIN,
+                        "--out", str(out), *extra], expect)
+    assert not (tmp_path / "o").exists()
+    assert snapshot(run_dir) == run_before
+    assert (snapshot(folder) if folder.exists() else {}) == files_before
+
+
+def test_fashion_mnist_gets_the_fashion_preset(tmp_path):
+    import click
+
+    from nashir.commands.search import build_config, search
+
+    def config(argv):
+        ctx = search.make_context("search", list(argv))
+        with ctx:
+            return build_config(ctx, ctx.params)
+
+    c = config(["--dataset", "fashion-mnist"])
+    assert c.preset == "fashion" and c.precision == "bf16" and c.max_macs == 24_000_000
+    assert config(["--dataset", "mnist"]).preset == "fashion"
+    assert config([]).preset == "demo" and config([]).precision == "auto"
+    assert config(["--dataset", "cifar10"]).preset == "paper"
+    c = config(["--dataset", "fashion-mnist", "--preset", "demo", "--precision", "fp32",
+                "--final-warmup", "0", "--widen-split", "equal", "--max-macs", "1000000"])
+    assert (c.preset, c.precision, c.final_warmup, c.widen_split, c.max_macs) == ("demo", "fp32", 0, "equal",
+                                                                                 1_000_000)
+    assert isinstance(search, click.Command)
 
 
 def test_init_model_that_does_not_fit_the_data(capsys, tmp_path):

@@ -31,7 +31,7 @@ def test_paper_preset_has_the_papers_values():
 def test_preset_overrides_and_unknown_preset():
     c = preset("demo", n_steps=1, seed=7)
     assert c.n_steps == 1 and c.seed == 7 and c.n_neigh == PRESETS["demo"]["n_neigh"]
-    with pytest.raises(SearchError, match="unknown preset 'fast'.*demo, paper"):
+    with pytest.raises(SearchError, match="unknown preset 'fast'.*demo, fashion, paper"):
         preset("fast")
 
 

@@ -197,8 +197,10 @@ def test_seeds_are_derived_from_the_run_seed(tmp_path, digits):
     ex = Scripted(lambda job: 0.5)
     nash(None, digits, _cfg(n_steps=1, seed=7), executor=ex, run_dir=tmp_path / "r", onnx_check=False)
     seeds = {j.candidate_id: j.seed for j in ex.jobs}
-    assert seeds["s1-c2"] == candidate_seed(7, 1, 2, 1)
-    assert len(set(seeds.values())) == len(seeds)
+    # common random numbers: every candidate of step 1 trains with the step's one seed
+    step1 = {cid: s for cid, s in seeds.items() if cid.startswith("s1-")}
+    assert len(step1) == 3 and set(step1.values()) == {candidate_seed(7, 1, 0, 1)}
+    assert len({seeds["init"], seeds["final"], candidate_seed(7, 1, 0, 1)}) == 3
     ex2 = Scripted(lambda job: 0.5)
     nash(None, digits, _cfg(n_steps=1, seed=7), executor=ex2, run_dir=tmp_path / "r2", onnx_check=False)
     assert [(j.candidate_id, j.seed, j.onnx) for j in ex2.jobs] == [
@@ -404,3 +406,119 @@ def test_a_run_being_written_by_another_search_is_refused(tmp_path, digits):
         onnx_check=False,
     )
     assert res.best_id == "init"
+
+
+# ----------------------------------------------------------------------------------------------
+# Morphisms that earn their parameters; the final training's guard
+# ----------------------------------------------------------------------------------------------
+
+
+def _widened_then_trained(digits, split: str):
+    """conv2 of a small start network widened 8 -> 16 by the search's Net2WiderNet with ``split``,
+    then trained 3 epochs; returns conv2's trained OIHW weight (16, C_in, 3, 3)."""
+    from nashir.backends.torch import TrainConfig, train
+    from nashir.search.nash import search_passes
+    from nashir.search.startnet import start_network
+
+    g = start_network(digits.input_shape, 10, (8, 8, 8), seed=0)
+    wider = next(p for p in search_passes(SearchConfig(widen_split=split)) if p.name == "net2wider")
+    assert wider.split == split
+    site = next(s for s in wider.sites(g) if "conv2" in str(s))
+    res = wider.apply(g, site, np.random.default_rng(0))
+    assert res.modified
+    conv2 = res.graph.node("conv2")
+    w0 = conv2.inputs[1].const
+    assert w0.shape[0] in (16, 32)
+    # the replicas start as exact copies of their source filter (that is what Net2WiderNet does)
+    assert any(np.array_equal(w0[i], w0[j]) for i in range(len(w0)) for j in range(i))
+    trained, _ = train(res.graph, digits, TrainConfig(epochs=3, batch_size=64, seed=1, device="cpu"))
+    return trained.node("conv2").inputs[1].const
+
+
+def _closest_pair(w: np.ndarray) -> float:
+    flat = w.reshape(len(w), -1).astype(np.float64)
+    d = np.abs(flat[:, None, :] - flat[None, :, :]).max(axis=2)
+    d[np.diag_indices(len(w))] = np.inf
+    return float(d.min())
+
+
+def test_search_widening_breaks_the_symmetry_between_replicas(digits):
+    """The search's default random split: after 3 epochs no two filters of the widened layer are
+    equal. Net2Net's equal split, trained the same way, keeps exact copies (so the check can fail)."""
+    assert SearchConfig().widen_split == "random"
+    w_random = _widened_then_trained(digits, "random")
+    scale = float(np.abs(w_random).max())
+    assert _closest_pair(w_random) > 1e-3 * scale
+    w_equal = _widened_then_trained(digits, "equal")
+    assert _closest_pair(w_equal) < 1e-6 * float(np.abs(w_equal).max())
+
+
+def _row(id, history, val_acc=None, test_acc=None):
+    return {"id": id, "history": history, "val_acc": val_acc, "test_acc": test_acc}
+
+
+def test_final_warnings_flag_a_collapse_and_nothing_else():
+    from nashir.search.nash import COLLAPSE_POINTS, final_warnings
+
+    cfg = SearchConfig()
+    winner = _row("s3-c2", [{"train_acc": 0.80}, {"train_acc": 0.95}], val_acc=0.90)
+    fine = _row("final", [{"train_acc": 0.90}, {"train_acc": 0.96}], test_acc=0.89)
+    assert final_warnings(winner, fine, cfg) == []
+    edge = _row("final", [{"train_acc": 0.95 - COLLAPSE_POINTS / 100 + 1e-3}], test_acc=0.90 - 0.049)
+    assert final_warnings(winner, edge, cfg) == []
+    collapsed = _row("final", [{"train_acc": 0.97}, {"train_acc": 0.60}], test_acc=0.49)
+    w = final_warnings(winner, collapsed, cfg)
+    assert len(w) == 2
+    assert "60.00%" in w[0] and "35.0 points below s3-c2's 95.00%" in w[0] and "--final-warmup" in w[0]
+    assert "49.00%" in w[1] and "90.00%" in w[1]
+    # retrained from scratch: the final model does not continue from the winner's training
+    assert len(final_warnings(winner, collapsed, cfg.replace(retrain_from_scratch=True))) == 1
+    assert final_warnings(None, collapsed, cfg) == []
+
+
+def test_a_collapsed_final_training_is_reported_not_hidden(tmp_path, digits):
+    """A scripted final training whose accuracy collapses: the warning lands in the result, the
+    ledger's final entry, the summary file and the log."""
+
+    def score(job):
+        return 0.9
+
+    class Collapsing(Scripted):
+        def as_completed(self):
+            for r in super().as_completed():
+                if r.candidate_id == "final":
+                    r.history = [{"epoch": 0, "loss": 9.0, "train_acc": 0.2, "lr": 0.05}]
+                    r.metrics = {"test_acc": 0.3}
+                else:
+                    r.history = [{"epoch": 0, "loss": 0.3, "train_acc": 0.95, "lr": 0.0, "val_acc": 0.9}]
+                yield r
+
+    ex = Collapsing(score)
+    res = nash(None, digits, _cfg(n_steps=1), executor=ex, run_dir=tmp_path / "r", onnx_check=False)
+    assert len(res.warnings) == 2 and "final training collapsed" in res.warnings[0]
+    with Ledger.open(tmp_path / "r", readonly=True) as led:
+        final = led.get_meta("final")
+    assert final["warnings"] == res.warnings
+    assert final["curve"] == [{"epoch": 0, "loss": 9.0, "train_acc": 0.2, "lr": 0.05}]
+    summary = (tmp_path / "r" / "summary.txt").read_text()
+    assert "WARNING: final training collapsed" in summary and "final training: loss 9.000" in summary
+    assert "WARNING" in res.summary_table()
+    log = [json.loads(x) for x in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert sum(e["event"] == "warning" for e in log) == 2
+    # the final job warms its learning rate up
+    assert ex.jobs[-1].train["warmup_epochs"] == 1.0
+
+
+def test_max_macs_bounds_every_child(tmp_path, digits):
+    from nashir.search.startnet import start_network
+
+    g0 = start_network(digits.input_shape, 10, (4, 8, 8), seed=0)
+    cap = int(g0.mac_count() * 1.5)
+    ex = Scripted(lambda job: 0.5)
+    nash(None, digits, _cfg(n_steps=2, max_macs=cap), executor=ex, run_dir=tmp_path / "r", onnx_check=False)
+    with Ledger.open(tmp_path / "r", readonly=True) as led:
+        rows = led.candidates()
+    assert all(r["macs"] is None or r["macs"] <= cap for r in rows)
+    assert any(r["kind"] == "child" and r["macs"] is not None and r["macs"] > g0.mac_count() for r in rows)
+    with pytest.raises(SearchError, match="above --max-macs"):
+        nash(None, digits, _cfg(max_macs=10), executor=Scripted(lambda j: 0.5), run_dir=tmp_path / "r2")

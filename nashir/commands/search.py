@@ -24,8 +24,9 @@ import click
 from nashir.errors import SearchError
 
 _DATASET_HELP = (
-    "digits (scikit-learn's 8x8 digits, the default), cifar10, cifar100 (official python or binary "
-    "files in --data-dir) or npz:PATH (arrays x (N,C,H,W) and y (N,))."
+    "digits (scikit-learn's 8x8 digits, the default), fashion-mnist, mnist (official IDX files in "
+    "--data-dir, $NASHIR_DATA/<name> or /usr/share/datasets/<name>), cifar10, cifar100 (official "
+    "python or binary files in --data-dir) or npz:PATH (arrays x (N,C,H,W) and y (N,))."
 )
 
 # CLI parameter -> SearchConfig field, for the options that map one to one
@@ -42,9 +43,13 @@ _FIELDS = {
     "lr_end": "lr_end",
     "batch_size": "batch_size",
     "max_params": "max_params",
+    "max_macs": "max_macs",
     "device": "device",
     "seed": "seed",
     "threads": "threads",
+    "precision": "precision",
+    "final_warmup": "final_warmup",
+    "widen_split": "widen_split",
 }
 # boolean switches -> (field, value when the switch is given)
 _SWITCHES = {
@@ -88,12 +93,13 @@ def _given(ctx: click.Context, name: str) -> bool:
 def build_config(ctx: click.Context, params: dict, stored: dict | None = None):
     """The :class:`SearchConfig` the flags ask for.
 
-    Without ``stored``: the preset (``--preset``, default ``demo`` for digits and ``paper``
-    otherwise) with every explicitly given flag applied. With ``stored`` (a ledger's config, for
+    Without ``stored``: the preset (``--preset``, default by data set: ``demo`` for digits,
+    ``fashion`` for fashion-mnist and mnist, ``paper`` otherwise) with every explicitly given flag
+    applied. With ``stored`` (a ledger's config, for
     ``--resume``): the stored values with every explicitly given flag applied.
     """
     from nashir.search import SearchConfig, preset
-    from nashir.search.config import PRESETS
+    from nashir.search.config import PRESETS, default_preset
 
     given = {k: v for k, v in params.items() if _given(ctx, k)}
     overrides: dict = {}
@@ -128,7 +134,7 @@ def build_config(ctx: click.Context, params: dict, stored: dict | None = None):
         base.update(overrides)
         return SearchConfig.from_dict(base)
     dataset = overrides.get("dataset", params.get("dataset") or "digits")
-    name = params.get("preset") or ("demo" if dataset.strip().lower() == "digits" else "paper")
+    name = params.get("preset") or default_preset(dataset)
     if params.get("init") and "epochs_init" not in overrides:
         overrides["epochs_init"] = 0  # a given start model is taken as trained
     overrides.setdefault("dataset", dataset)
@@ -141,15 +147,18 @@ def build_config(ctx: click.Context, params: dict, stored: dict | None = None):
     "--data-dir",
     type=click.Path(file_okay=False),
     default=None,
-    help="Folder with the CIFAR files (either official layout).",
+    help="Folder with the CIFAR files (either official layout) or the Fashion-MNIST / MNIST IDX files.",
 )
 @click.option(
     "--preset",
-    type=click.Choice(["demo", "paper"]),
+    type=click.Choice(["demo", "fashion", "paper"]),
     default=None,
     help="Settings to start from: paper (arXiv 1711.04528 Sec. 5.1: 5 steps, 8 neighbours, 5 morphisms, "
-    "17 epochs per neighbour, 20 final, 20 pretraining, lr 0.05 -> 0, batch 128) or demo (digits on "
-    "2 CPU cores in a few minutes). Default: demo for digits, paper otherwise.",
+    "17 epochs per neighbour, 20 final, 20 pretraining, lr 0.05 -> 0, batch 128), demo (digits on "
+    "2 CPU cores in a few minutes) or fashion (Fashion-MNIST on 2 CPU cores within an hour: 3 steps, "
+    "4 neighbours, 3 morphisms, 3 epochs per neighbour, 15 final, 8 pretraining, batch 128, bf16, "
+    "children up to 24 M MACs). "
+    "Default: demo for digits, fashion for fashion-mnist and mnist, paper otherwise.",
 )
 @click.option("--steps", type=int, default=None, help="n_steps: hill-climbing steps.")
 @click.option(
@@ -176,9 +185,35 @@ def build_config(ctx: click.Context, params: dict, stored: dict | None = None):
 @click.option("--lr-end", type=float, default=None, help="SGDR's final learning rate (<= --lr-start).")
 @click.option("--batch-size", type=int, default=None, help="Images per SGD step.")
 @click.option("--max-params", type=int, default=None, help="No child above this many parameters.")
+@click.option(
+    "--max-macs",
+    type=int,
+    default=None,
+    help="No child above this many multiply-accumulates per image (bounds training time per epoch).",
+)
 @click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, default=None, help="The one seed of the run (default 0).")
 @click.option("--threads", type=int, default=None, help="torch threads for training (default: torch's).")
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16"]),
+    default=None,
+    help="Training arithmetic: auto (bf16 autocast on CUDA, float32 on CPU; the default except in the "
+    "fashion preset, which uses bf16), fp32, or bf16 (pays on CPUs with AMX / AVX512-BF16).",
+)
+@click.option(
+    "--final-warmup",
+    type=float,
+    default=None,
+    help="Epochs of linear learning-rate warm-up at the start of the final training (default 1).",
+)
+@click.option(
+    "--widen-split",
+    type=click.Choice(["random", "equal"]),
+    default=None,
+    help="Net2WiderNet's split of the absorbers' weights among replicas: random (default; exact and "
+    "symmetry-breaking) or equal (Net2Net's 1/|R(c)|; replicas stay copies).",
+)
 @click.option(
     "--widths", default=None, help="Channels of the start network's three convolutions, e.g. 16,32,64."
 )

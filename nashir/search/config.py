@@ -19,7 +19,10 @@ from typing import Any
 
 from nashir.errors import SearchError
 
-__all__ = ["SearchConfig", "PRESETS", "preset", "FLAG_NAMES", "RUNTIME_KEYS", "config_diff"]
+__all__ = [
+    "SearchConfig", "PRESETS", "DEFAULT_PRESETS", "default_preset", "preset", "FLAG_NAMES", "RUNTIME_KEYS",
+    "config_diff",
+]
 
 #: Command-line flag of each field, used in error messages.
 FLAG_NAMES: dict[str, str] = {
@@ -35,6 +38,7 @@ FLAG_NAMES: dict[str, str] = {
     "lr_end": "--lr-end",
     "batch_size": "--batch-size",
     "max_params": "--max-params",
+    "max_macs": "--max-macs",
     "device": "--device",
     "seed": "--seed",
     "sgdr": "--no-sgdr",
@@ -43,6 +47,9 @@ FLAG_NAMES: dict[str, str] = {
     "widths": "--widths",
     "threads": "--threads",
     "passes": "--passes",
+    "precision": "--precision",
+    "final_warmup": "--final-warmup",
+    "widen_split": "--widen-split",
     "momentum": "momentum",
     "weight_decay": "weight_decay",
     "preset": "--preset",
@@ -59,9 +66,10 @@ class SearchConfig:
     """Every setting of one NASH run (Algorithm 1 of arXiv 1711.04528, with the paper's names).
 
     Attributes:
-        dataset: Data set spec for :func:`nashir.data.load_dataset` (``digits``, ``cifar10``,
-            ``cifar100``, ``npz:PATH``).
-        data_dir: Folder holding the CIFAR files (None for digits / npz).
+        dataset: Data set spec for :func:`nashir.data.load_dataset` (``digits``,
+            ``fashion-mnist``, ``mnist``, ``cifar10``, ``cifar100``, ``npz:PATH``).
+        data_dir: Folder holding the CIFAR or IDX files (None: digits / npz, or the default
+            folders of Fashion-MNIST / MNIST).
         n_steps: Hill-climbing steps (>= 0; 0 = pretrain and final training only).
         n_neigh: Candidates per step (>= 1): ``n_neigh - 1`` morphed children plus the current
             best trained further. ``n_neigh = 1`` is the paper's "random networks" baseline: each
@@ -76,6 +84,8 @@ class SearchConfig:
         batch_size: Images per SGD step (>= 1).
         max_params: Upper bound on a child's parameter count (None = unbounded); morphisms that
             would exceed it are not sampled.
+        max_macs: Upper bound on a child's multiply-accumulates per image (None = unbounded), the
+            knob for training time: an epoch costs about proportionally to it.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         seed: The one seed every random choice derives from (>= 0).
         sgdr: Cosine annealing (True) or a constant ``lr_start`` (False: the "no SGDR" baseline).
@@ -90,6 +100,15 @@ class SearchConfig:
         threads: ``torch.set_num_threads`` for training (None = torch's default).
         passes: Names of the morphism passes to sample from (None = ``nashir.passes.SEARCH_PASSES``:
             net2deeper, net2wider, add-skip, concat-skip).
+        precision: ``auto`` (bf16 autocast on CUDA, float32 on CPU), ``fp32`` or ``bf16``
+            (:class:`nashir.backends.torch.sgdr.TrainConfig`).
+        final_warmup: Linear learning-rate warm-up of the final training, in epochs (>= 0;
+            Goyal et al. 2017, arXiv 1706.02677, Sec. 2.2). The final SGDR call restarts at
+            ``lr_start`` from a model that has converged on the training split; without a warm-up
+            the first steps can throw it out of its minimum (docs/search.md, "Final training").
+        widen_split: How Net2WiderNet splits an absorber's weights among a channel's replicas in
+            the search: ``random`` (default; a Dirichlet split, exact and symmetry-breaking) or
+            ``equal`` (Net2Net's 1/|R(c)|: replicas get identical gradients and stay copies).
         momentum: SGD momentum (the paper: 0.9).
         weight_decay: L2 weight decay (the paper: 5e-4).
         preset: Name of the preset the values came from (informational).
@@ -111,6 +130,7 @@ class SearchConfig:
     lr_end: float = 0.0
     batch_size: int = 64
     max_params: int | None = None
+    max_macs: int | None = None
     device: str = "auto"
     seed: int = 0
     sgdr: bool = True
@@ -119,6 +139,9 @@ class SearchConfig:
     widths: tuple[int, ...] | None = None
     threads: int | None = None
     passes: tuple[str, ...] | None = None
+    precision: str = "auto"
+    final_warmup: float = 1.0
+    widen_split: str = "random"
     momentum: float = 0.9
     weight_decay: float = 5e-4
     preset: str | None = None
@@ -179,6 +202,8 @@ class SearchConfig:
             raise SearchError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if self.max_params is not None and (not _is_int(self.max_params) or self.max_params < 1):
             raise SearchError(f"{flag('max_params')} must be a positive integer, got {self.max_params!r}")
+        if self.max_macs is not None and (not _is_int(self.max_macs) or self.max_macs < 1):
+            raise SearchError(f"{flag('max_macs')} must be a positive integer, got {self.max_macs!r}")
         if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
             raise SearchError(f"{flag('threads')} must be an integer >= 1, got {self.threads!r}")
         if not isinstance(self.device, str) or not self.device:
@@ -194,6 +219,14 @@ class SearchConfig:
                 raise SearchError(
                     f"{flag('passes')} must name at least one morphism pass, got {self.passes!r}"
                 )
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise SearchError(f"{flag('precision')} must be auto, fp32 or bf16, got {self.precision!r}")
+        if not _is_num(self.final_warmup) or not math.isfinite(self.final_warmup) or self.final_warmup < 0:
+            raise SearchError(
+                f"{flag('final_warmup')} must be a finite number of epochs >= 0, got {self.final_warmup!r}"
+            )
+        if self.widen_split not in ("random", "equal"):
+            raise SearchError(f"{flag('widen_split')} must be random or equal, got {self.widen_split!r}")
         for name in ("sgdr", "morph", "retrain_from_scratch"):
             if not isinstance(getattr(self, name), bool):
                 raise SearchError(f"{flag(name)} must be a boolean, got {getattr(self, name)!r}")
@@ -234,7 +267,7 @@ class SearchConfig:
         split, scored on the validation split); ``epochs`` and ``seed`` are set per job."""
         kw = dict(lr_start=self.lr_start, lr_end=self.lr_end, momentum=self.momentum,
                   weight_decay=self.weight_decay, batch_size=self.batch_size, sgdr=self.sgdr,
-                  device=self.device, train_split="train", eval_split="val")
+                  device=self.device, precision=self.precision, train_split="train", eval_split="val")
         kw.update(overrides)
         return kw
 
@@ -261,7 +294,9 @@ def _is_num(v: object) -> bool:
 
 #: The presets: ``paper`` is Sec. 5.1 of arXiv 1711.04528 (CIFAR-10: n_steps 5, n_neigh 8,
 #: n_NM 5, epoch_neigh 17, epoch_final 20, 20 epochs of pretraining, SGDR 0.05 -> 0, batch 128);
-#: ``demo`` is sized for scikit-learn's 8x8 digits on two CPU cores (a few minutes).
+#: ``demo`` is sized for scikit-learn's 8x8 digits on two CPU cores (a few minutes); ``fashion`` for
+#: Fashion-MNIST on two CPU cores within an hour (bf16 autocast, which pays on processors with
+#: native bf16 units; docs/search.md gives the measured time).
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(
         n_steps=5,
@@ -285,11 +320,32 @@ PRESETS: dict[str, dict[str, Any]] = {
         lr_end=0.0,
         batch_size=64,
     ),
+    "fashion": dict(
+        n_steps=3,
+        n_neigh=4,
+        n_nm=3,
+        epoch_neigh=3,
+        epoch_final=15,
+        epochs_init=8,
+        lr_start=0.05,
+        lr_end=0.0,
+        batch_size=128,
+        max_macs=24_000_000,
+        precision="bf16",
+    ),
 }
+
+#: The preset a data set gets when none is named (any other data set: ``paper``).
+DEFAULT_PRESETS: dict[str, str] = {"digits": "demo", "fashion-mnist": "fashion", "mnist": "fashion"}
+
+
+def default_preset(dataset: str) -> str:
+    """The preset used for ``dataset`` when ``--preset`` is not given (:data:`DEFAULT_PRESETS`)."""
+    return DEFAULT_PRESETS.get(str(dataset).strip().lower(), "paper")
 
 
 def preset(name: str, **overrides: Any) -> SearchConfig:
-    """The :class:`SearchConfig` of preset ``name`` (``paper`` or ``demo``) with ``overrides``.
+    """The :class:`SearchConfig` of preset ``name`` (``paper``, ``demo``, ``fashion``) with ``overrides``.
 
     Raises:
         SearchError: Unknown preset (the message lists them) or an invalid override.

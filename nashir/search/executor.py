@@ -98,10 +98,11 @@ class Job:
             lr_start, lr_end, momentum, weight_decay, batch_size, sgdr, device, train_split,
             eval_split); ``seed``, ``threads`` and ``progress`` are set by the executor.
         data: The data set to train on.
-        seed: Seed of the training run (data order, augmentation, torch RNG) and of the
-            re-initialisation when ``reinit``.
+        seed: Seed of the training run (data order, augmentation, torch RNG); the candidates of
+            one NASH step share it (common random numbers).
         reinit: Re-initialise every weight before training
             (:func:`nashir.search.startnet.reinitialize`).
+        reinit_seed: Seed of that re-initialisation (None: ``seed``).
         node_meta: Node ``meta`` entries ONNX does not carry, restored after loading, e.g.
             ``{"deeper_bn_3": {"calibrate": "identity"}}`` for Net2Deeper's data-dependent BN init.
         evaluate: Splits scored after training (e.g. ``("test",)``); their accuracy and loss land
@@ -114,6 +115,7 @@ class Job:
     data: DataSpec
     seed: int
     reinit: bool = False
+    reinit_seed: int | None = None
     node_meta: dict[str, dict[str, Any]] = field(default_factory=dict)
     evaluate: tuple[str, ...] = ()
 
@@ -210,7 +212,8 @@ def run_job(
         if job.reinit:
             from nashir.search.startnet import reinitialize
 
-            graph = reinitialize(graph, np.random.default_rng(job.seed))
+            rseed = job.seed if job.reinit_seed is None else job.reinit_seed
+            graph = reinitialize(graph, np.random.default_rng(rseed))
         kw = dict(job.train)
         kw["seed"] = int(job.seed)
         kw["threads"] = threads
@@ -228,7 +231,9 @@ def run_job(
             splits = [cfg.eval_split, *[s for s in splits if s != cfg.eval_split]]
         t_eval = time.perf_counter()
         for split in splits:
-            acc, loss = ntorch.evaluate(trained, data, split=split, device=cfg.device)
+            acc, loss = ntorch.evaluate(
+                trained, data, split=split, device=cfg.device, precision=cfg.precision
+            )
             metrics[f"{split}_acc"] = float(acc)
             metrics[f"{split}_loss"] = float(loss)
         if val_acc is None and cfg.eval_split is not None:

@@ -18,9 +18,24 @@ Algorithm 1, with the paper's names::
 
 Determinism: every random choice derives from ``config.seed`` through
 ``numpy.random.SeedSequence([seed, step, index, purpose])`` (purpose 0: the morphisms, 1: the
-training run, 2: the start network's initialisation), and every candidate is made from the
-current best *as read back from its ONNX bytes*, so an uninterrupted run and a run resumed from
-its ledger do exactly the same computations (same seed, CPU, same thread count).
+training run, 2: the start network's initialisation, 3: a child's re-initialisation in the
+no-morph baseline), and every candidate is made from the current best *as read back from its ONNX
+bytes*, so an uninterrupted run and a run resumed from its ledger do exactly the same computations
+(same seed, CPU, same thread count).
+
+Common random numbers: every candidate of one step trains with the same training seed
+(``index = 0``), so the same data order and the same augmentation draws: the step compares
+architectures, not batch orders. Ties in validation accuracy go to the candidate with fewer
+parameters, then to the earlier index (a child before the incumbent).
+
+Symmetry breaking: the search's Net2WiderNet splits the absorbers' weights at random
+(``config.widen_split``, default ``random``: a Dirichlet split, exact yet different for each
+replica), so that widened filters receive different gradients and do not stay copies.
+
+The final training warms its learning rate up linearly over ``config.final_warmup`` epochs and
+is checked afterwards: a final model whose training accuracy or test accuracy falls more than
+:data:`COLLAPSE_POINTS` points below the winner's own is flagged (``SearchResult.warnings``, the
+ledger's ``final`` entry, the summary), never hidden.
 """
 
 from __future__ import annotations
@@ -55,6 +70,9 @@ __all__ = [
     "FINAL_ID",
     "INIT_ID",
     "candidate_id",
+    "final_warnings",
+    "search_passes",
+    "COLLAPSE_POINTS",
 ]
 
 INIT_ID = "init"
@@ -70,7 +88,11 @@ RUN_FILES = (
     "report",
 )
 
-_PURPOSE_MORPH, _PURPOSE_TRAIN, _PURPOSE_INIT = 0, 1, 2
+_PURPOSE_MORPH, _PURPOSE_TRAIN, _PURPOSE_INIT, _PURPOSE_REINIT = 0, 1, 2, 3
+#: A final model whose last-epoch training accuracy is more than this many percentage points below
+#: the winner's last-epoch training accuracy in its step, or whose test accuracy is more than this
+#: many points below the winner's validation accuracy, is flagged as a collapsed final training.
+COLLAPSE_POINTS = 5.0
 _FINAL_STEP_KEY = 1_000_000
 
 
@@ -111,6 +133,9 @@ class SearchResult:
         job_seconds: Wall time the executor spent on the jobs of this call, s.
         train_seconds: Of that, time in training epochs and evaluations, s.
         trained: Ids of the candidates trained by this call (a resumed run skips finished ones).
+        final_history: The final training's per-epoch history (``epoch``, ``loss``,
+            ``train_acc``, ``lr``, ``seconds``).
+        warnings: Lines that flag a problem with the result (a collapsed final training).
     """
 
     best: Graph
@@ -127,12 +152,17 @@ class SearchResult:
     job_seconds: float = 0.0
     train_seconds: float = 0.0
     trained: list[str] = field(default_factory=list)
+    final_history: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def summary_table(self) -> str:
-        """The per-step table (step, best, validation accuracy, parameters, morphisms) as text."""
+        """The per-step table (step, best, validation accuracy, parameters, morphisms), the final
+        training's curve and any warning, as text."""
         from nashir.search.report import format_summary
 
-        return format_summary(self.steps, self.test_acc, self.test_acc_onnx)
+        return format_summary(
+            self.steps, self.test_acc, self.test_acc_onnx, self.final_history, self.warnings
+        )
 
 
 # ------------------------------------------------------------------------------------- run folder
@@ -383,6 +413,11 @@ def nash(
             f"the start model has {model0.param_count()} parameters, above --max-params "
             f"{config.max_params}; raise --max-params or start from a smaller model"
         )
+    if config.max_macs is not None and model0.mac_count() > config.max_macs:
+        raise SearchError(
+            f"the start model has {model0.mac_count()} MACs per image, above --max-macs "
+            f"{config.max_macs}; raise --max-macs or start from a smaller model"
+        )
     if start_blob is None:
         start_blob = model_bytes(model0)
     stored_cfg = {
@@ -631,7 +666,8 @@ def _drive(
         job = Job(
             FINAL_ID,
             best_blob,
-            {**train_kw, "epochs": epochs, "train_split": "trainval", "eval_split": None},
+            {**train_kw, "epochs": epochs, "train_split": "trainval", "eval_split": None,
+             "warmup_epochs": config.final_warmup},
             spec,
             seed=fseed,
             reinit=config.retrain_from_scratch,
@@ -656,6 +692,10 @@ def _drive(
         ort_acc = _ort_accuracy(best_path, data)
         ledger.set_meta("test_acc_onnx", ort_acc)
     steps = step_rows(ledger)
+    final_history = list(frow.get("history") or [])
+    warnings = final_warnings(ledger.candidate(best_id), frow, config)
+    for w in warnings:
+        log.event("warning", message=w)
     ledger.set_meta(
         "final",
         {
@@ -666,6 +706,8 @@ def _drive(
             "macs": frow["macs"],
             "mean": [float(v) for v in data.mean],
             "std": [float(v) for v in data.std],
+            "curve": [_curve_point(h) for h in final_history],
+            "warnings": warnings,
         },
     )
     ledger.set_meta("state", "done")
@@ -683,7 +725,7 @@ def _drive(
     )
     from nashir.search.report import format_summary
 
-    summary = format_summary(steps, test_acc, ort_acc)
+    summary = format_summary(steps, test_acc, ort_acc, final_history, warnings)
     atomic_write(run_dir / "summary.txt", (summary + "\n").encode())
     return SearchResult(
         best=best_graph,
@@ -700,7 +742,64 @@ def _drive(
         job_seconds=stats["job"],
         train_seconds=stats["train"],
         trained=list(stats["trained"]),
+        final_history=final_history,
+        warnings=warnings,
     )
+
+
+def _curve_point(h: dict[str, Any]) -> dict[str, Any]:
+    return {k: h.get(k) for k in ("epoch", "loss", "train_acc", "lr")}
+
+
+def final_warnings(winner: dict[str, Any] | None, final: dict[str, Any], config: SearchConfig) -> list[str]:
+    """Flags for a final training that wrecked the winner (an empty list when it did not).
+
+    Two checks, each against :data:`COLLAPSE_POINTS` percentage points: the final training's
+    last-epoch training accuracy against the winner's last-epoch training accuracy in its step
+    (both on augmented batches of the training data), and the final model's test accuracy against
+    the winner's validation accuracy. With ``retrain_from_scratch`` only the second applies (the
+    final model does not continue from the winner).
+
+    Args:
+        winner: The ledger row of the winning candidate (``history``, ``val_acc``, ``id``).
+        final: The ledger row of the final candidate (``history``, ``test_acc``).
+        config: The run's config.
+
+    Returns:
+        Human-readable lines, each naming the two accuracies.
+    """
+    out: list[str] = []
+    if winner is None:
+        return out
+    fh = final.get("history") or []
+    wh = winner.get("history") or []
+    if not config.retrain_from_scratch and fh and wh:
+        a_w, a_f = wh[-1].get("train_acc"), fh[-1].get("train_acc")
+        if a_w is not None and a_f is not None and 100 * (a_w - a_f) > COLLAPSE_POINTS:
+            out.append(
+                f"final training collapsed: its last-epoch training accuracy {100 * a_f:.2f}% is "
+                f"{100 * (a_w - a_f):.1f} points below {winner['id']}'s {100 * a_w:.2f}%; the final model is "
+                "worse than the architecture that won. Try a longer --final-warmup or a lower --lr-start"
+            )
+    t, v = final.get("test_acc"), winner.get("val_acc")
+    if t is not None and v is not None and 100 * (v - t) > COLLAPSE_POINTS:
+        out.append(
+            f"final model's test accuracy {100 * t:.2f}% is {100 * (v - t):.1f} points below "
+            f"{winner['id']}'s validation accuracy {100 * v:.2f}% (a collapsed final training, or a "
+            "validation split that does not represent the test set)"
+        )
+    return out
+
+
+def search_passes(config: SearchConfig) -> list:
+    """The pass objects the search samples from: ``config.passes`` (default
+    :data:`nashir.passes.SEARCH_PASSES`), with Net2WiderNet's split set to ``config.widen_split``."""
+    from nashir.passes import SEARCH_PASSES, get_pass
+
+    out = []
+    for name in config.passes or SEARCH_PASSES:
+        out.append(get_pass(name, split=config.widen_split) if name == "net2wider" else get_pass(name))
+    return out
 
 
 def _run_step(
@@ -725,19 +824,21 @@ def _run_step(
 
     random_walk = config.n_neigh == 1
     n_children = 1 if random_walk else config.n_neigh - 1
-    constraints = Constraints(max_params=config.max_params)
+    constraints = Constraints(max_params=config.max_params, max_macs=config.max_macs)
+    passes = search_passes(config)
+    # common random numbers: one training seed (data order, augmentation) for the whole step
+    tseed = candidate_seed(config.seed, step, 0, _PURPOSE_TRAIN)
     jobs: list[Job] = []
     for j in range(1, n_children + 1):
         cid = candidate_id(step, j)
         if ledger.is_finished(cid):
             continue
-        tseed = candidate_seed(config.seed, step, j, _PURPOSE_TRAIN)
         rng = np.random.default_rng(np.random.SeedSequence([config.seed, step, j, _PURPOSE_MORPH]))
         parent = _load_bytes(best_blob)
         child, applied, reason = parent, [], None
         try:
             child, applied = sample_morphisms(
-                parent, config.n_nm, rng, passes=config.passes, constraints=constraints
+                parent, config.n_nm, rng, passes=passes, constraints=constraints
             )
             child.verify()
             blob = model_bytes(child)
@@ -776,6 +877,7 @@ def _run_step(
                 spec,
                 seed=tseed,
                 reinit=not config.morph,
+                reinit_seed=candidate_seed(config.seed, step, j, _PURPOSE_REINIT),
                 node_meta=_node_meta(child),
             )
         )
@@ -784,7 +886,6 @@ def _run_step(
         j = config.n_neigh
         cid = candidate_id(step, j)
         if not ledger.is_finished(cid):
-            tseed = candidate_seed(config.seed, step, j, _PURPOSE_TRAIN)
             row = ledger.candidate(best_id)
             ledger.add_candidate(
                 cid,

@@ -25,7 +25,7 @@ from typing import Any
 from nashir.errors import SearchError
 from nashir.search.ledger import Ledger, atomic_write
 
-__all__ = ["format_summary", "format_morphisms", "load_run", "write_report", "PLOTS"]
+__all__ = ["format_summary", "format_curve", "format_morphisms", "load_run", "write_report", "PLOTS"]
 
 PLOTS = ("val_acc.png", "lineage.png", "params_acc.png")
 
@@ -57,10 +57,16 @@ def _count(v: int | None) -> str:
 
 
 def format_summary(
-    steps: list[dict[str, Any]], test_acc: float | None = None, test_acc_onnx: float | None = None
+    steps: list[dict[str, Any]],
+    test_acc: float | None = None,
+    test_acc_onnx: float | None = None,
+    final_history: list[dict[str, Any]] | None = None,
+    warnings: list[str] | None = None,
 ) -> str:
     """The per-step table: step, best candidate, its validation accuracy (%), parameters, MACs and
-    the morphisms that made it (``-`` when the best of the previous step stayed)."""
+    the morphisms that made it (``-`` when the best of the previous step stayed); then the final
+    training's curve (training loss and accuracy per epoch, when ``final_history`` is given), the
+    test accuracy and every warning (``WARNING: ...``)."""
     rows = [("step", "best", "val acc %", "params", "MACs", "morphisms")]
     for s in steps:
         rows.append(
@@ -87,12 +93,30 @@ def format_summary(
         lines.append("  ".join(cells).rstrip())
         if k == 0:
             lines.append("-" * max(len(x) for x in lines))
+    if final_history:
+        lines.append(format_curve(final_history))
     if test_acc is not None:
         tail = f"final test accuracy: {_pct(test_acc)} % (torch)"
         if test_acc_onnx is not None:
             tail += f", {_pct(test_acc_onnx)} % (onnxruntime, best.onnx)"
         lines.append(tail)
+    for w in warnings or []:
+        lines.append(f"WARNING: {w}")
     return "\n".join(lines)
+
+
+def format_curve(history: list[dict[str, Any]], max_points: int = 8) -> str:
+    """``final training: loss 0.61 0.42 ... 0.21, train acc 78.1 ... 92.3 %`` from a trainer history
+    (at most ``max_points`` epochs shown, the first and the last always)."""
+    n = len(history)
+    if n <= max_points:
+        pick = list(range(n))
+    else:
+        pick = sorted({round(i * (n - 1) / (max_points - 1)) for i in range(max_points)})
+    loss = " ".join("-" if history[i].get("loss") is None else f"{history[i]['loss']:.3f}" for i in pick)
+    acc = " ".join(_pct(history[i].get("train_acc")) for i in pick)
+    shown = "" if len(pick) == n else f" (epochs {', '.join(str(i + 1) for i in pick)} of {n})"
+    return f"final training{shown}: loss {loss}; train acc % {acc}"
 
 
 def load_run(run_dir: str | os.PathLike) -> dict[str, Any]:
