@@ -145,3 +145,24 @@ def test_reinitialize():
     assert abs(w.std() - np.sqrt(2 / 288)) < 0.1 * np.sqrt(2 / 288)
     same = reinitialize(g, np.random.default_rng(5))
     assert np.array_equal(same.value("conv3.weight").const, w)
+
+
+@pytest.mark.parametrize("shape, classes, widths", [
+    ((1, 8, 8), 10, (16, 32, 64)), ((3, 32, 32), 100, (64, 128, 256)), ((3, 1, 1), 7, (5, 6, 7)),
+    ((3, 3, 2), 7, (5, 6, 7)), ((2, 17, 9), 3, (1, 2, 3)),
+])
+def test_start_network_params_is_exact(shape, classes, widths):
+    from nashir.search.startnet import start_network_params
+
+    assert start_network_params(shape, classes, widths) == start_network(shape, classes, widths).param_count()
+
+
+@pytest.mark.parametrize("shape, classes, widths, gib", [
+    ((1, 8, 8), 10, (100000, 100000, 100000), "670.6"),     # nashir search --widths 100000,100000,100000
+    ((3, 32, 32), 10**9, (16, 32, 64), "15262.5"),           # a class count from one huge label
+    ((3, 4096, 4096), 10, (64, 128, 256), "10.0"),
+])
+def test_oversized_start_network_is_refused_before_allocating(shape, classes, widths, gib):
+    msg = rf"give [\d,]+ parameters \({gib}[\d.]* GiB of float32\), above the 2\.0 GiB a candidate may have"
+    with pytest.raises(SearchError, match=msg):
+        start_network(shape, classes, widths)

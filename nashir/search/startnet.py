@@ -19,7 +19,12 @@ from nashir.builder import GraphBuilder
 from nashir.errors import SearchError
 from nashir.ir import Graph
 
-__all__ = ["default_widths", "start_network", "check_model_fits", "reinitialize"]
+__all__ = ["default_widths", "start_network", "check_model_fits", "reinitialize", "start_network_params",
+           "MAX_START_BYTES"]
+
+#: The start network's float32 weights may take at most this many bytes (every candidate travels as one
+#: ONNX message, which protobuf limits to 2 GiB); checked before anything is allocated.
+MAX_START_BYTES = 2**31 - 2**20
 
 
 def default_widths(input_shape: Sequence[int]) -> tuple[int, int, int]:
@@ -35,6 +40,18 @@ def default_widths(input_shape: Sequence[int]) -> tuple[int, int, int]:
     if side >= 16:
         return (32, 64, 128)
     return (16, 32, 64)
+
+
+def start_network_params(input_shape: Sequence[int], num_classes: int, widths: Sequence[int]) -> int:
+    """Parameter count of :func:`start_network` for these sizes, computed without building it."""
+    c, h, w = (int(d) for d in input_shape)
+    total, cin = 0, c
+    for i, wd in enumerate(int(x) for x in widths):
+        total += cin * wd * 9 + 4 * wd            # conv (no bias) + BatchNorm's four arrays
+        cin = wd
+        if i < 2 and min(h, w) >= 2:
+            h, w = h // 2, w // 2
+    return total + cin * h * w * int(num_classes) + int(num_classes)
 
 
 def start_network(
@@ -62,8 +79,8 @@ def start_network(
         A verified :class:`nashir.Graph`.
 
     Raises:
-        SearchError: ``input_shape`` is not three positive integers, ``num_classes < 2``, or a
-            width is not a positive integer.
+        SearchError: ``input_shape`` is not three positive integers, ``num_classes < 2``, a
+            width is not a positive integer, or the weights would pass :data:`MAX_START_BYTES`.
     """
     shape = tuple(input_shape)
     if len(shape) != 3 or not all(isinstance(d, (int, np.integer)) and d >= 1 for d in shape):
@@ -73,6 +90,14 @@ def start_network(
     ws = tuple(default_widths(shape) if widths is None else widths)
     if len(ws) != 3 or not all(isinstance(w, (int, np.integer)) and w >= 1 for w in ws):
         raise SearchError(f"start network: widths must be three positive integers, got {ws!r}")
+    n = start_network_params(shape, num_classes, ws)
+    if 4 * n > MAX_START_BYTES:
+        raise SearchError(
+            f"start network: widths {','.join(str(int(w)) for w in ws)} for {num_classes} classes and images "
+            f"{tuple(int(d) for d in shape)} give {n:,} parameters ({4 * n / 2**30:.1f} GiB of float32), "
+            f"above the {MAX_START_BYTES / 2**30:.1f} GiB a candidate may have (one ONNX message); give "
+            "smaller --widths such as 16,32,64"
+        )
     b = GraphBuilder(name, input_shape=tuple(int(d) for d in shape), seed=int(seed))
     h = b.input
     for i, w in enumerate(ws):
