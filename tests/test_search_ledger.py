@@ -436,3 +436,12 @@ def test_fuzz_damaged_run_folders_give_search_errors(tmp_path):
             outcomes["SearchError"] += 1
         shutil.rmtree(run)
     assert outcomes["SearchError"] > 50
+
+
+def test_meta_values_that_are_not_json(tmp_path):
+    run = _run_with_candidate(tmp_path)
+    _sql(run, "INSERT INTO meta (key, value) VALUES ('final', '{oops')")
+    with Ledger.open(run, readonly=True) as led:
+        assert led.get_meta("state") == "running"          # a plain-text key
+        with pytest.raises(SearchError, match=r"meta key 'final' holds '\{oops', which is not JSON"):
+            led.get_meta("final")

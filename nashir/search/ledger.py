@@ -95,6 +95,8 @@ CREATE TABLE steps (
 """
 
 _JSON_COLS = ("morphisms", "history", "metrics")
+#: meta keys stored as plain text (every other key holds JSON).
+_RAW_META = {"format", "schema_version", "created", "state"}
 #: Tables and the columns every readable ledger (schema 1 and up) has.
 _REQUIRED = {
     "meta": {"key", "value"},
@@ -441,8 +443,13 @@ class Ledger:
             return default
         try:
             return json.loads(row[0])
-        except json.JSONDecodeError:
-            return row[0]
+        except (TypeError, ValueError):
+            if key in _RAW_META:
+                return row[0]
+            raise SearchError(
+                f"ledger {self.path}: meta key {key!r} holds {str(row[0])[:40]!r}, which is not JSON; the "
+                "ledger is damaged: restore it from a copy, or start a new run"
+            ) from None
 
     def set_meta(self, key: str, value: Any) -> None:
         """Store ``value`` (JSON) under ``key``."""
