@@ -331,3 +331,25 @@ def test_output_mode_follows_the_umask(model, tmp_path, capsys, umask):
         os.umask(old)
     assert code == 0, err
     assert (tmp_path / "out.onnx").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_opset_and_external_data(model, tmp_path, capsys):
+    import onnx
+
+    dst = tmp_path / "o.onnx"
+    code, out, err = run(["morph", model, "--widen", "c2", "--opset", "19", "--external-data", "-o", dst],
+                         capsys)
+    assert code == 0, err
+    m = onnx.load(str(dst), load_external_data=False)
+    assert {o.version for o in m.opset_import if o.domain in ("", "ai.onnx")} == {19}
+    assert (tmp_path / "o.onnx.data").exists()
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in m.graph.initializer)
+    assert check_preservation(nashir.load(model), nashir.load(dst)).ok
+
+
+@pytest.mark.parametrize("opset", [12, 99])
+def test_bad_opset_is_refused_before_any_work(model, tmp_path, capsys, opset):
+    before = listing(tmp_path)
+    code, out, err = run(["morph", model, "--widen", "c2", "--opset", opset], capsys)
+    assert code == 2 and f"--opset {opset}" in err and "pick one in that range" in err
+    assert listing(tmp_path) == before

@@ -108,3 +108,25 @@ def test_parse_shape_forms(text, shape):
     from nashir.commands.show import parse_shape
 
     assert parse_shape(text) == shape
+
+
+def test_show_lists_tied_weights(tmp_path, capsys):
+    """A weight two nodes share (a tied layer; here two MatMuls, whose weight the importer transposes)
+    stays one constant, and `nashir show` says so."""
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"], name="m1"), helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("MatMul", ["r", "w"], ["y"], name="m2")]
+    gr = helper.make_graph(nodes, "tied", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    p = tmp_path / "tied.onnx"
+    onnx.save(helper.make_model(gr, opset_imports=[helper.make_opsetid("", 17)]), str(p))
+    g = nashir.load(p)
+    assert g.node("m1").inputs[1] is g.node("m2").inputs[1]
+    assert main(["show", str(p)]) == 0
+    out = capsys.readouterr().out
+    assert "tied weights" in out and "  w: m1, m2" in out
+    assert main(["show", str(p), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tied"] == {"w": ["m1", "m2"]}
+    p2, _ = _model(tmp_path)
+    assert main(["show", str(p2)]) == 0
+    assert "tied weights" not in capsys.readouterr().out

@@ -273,3 +273,20 @@ def test_npz_dataset(tmp_path, capsys):
                           "--device", "cpu", "-o", tmp_path / "o.onnx", "--no-progress")
     assert rc == 0, err
     assert os.path.isfile(tmp_path / "o.onnx")
+
+
+def test_train_writes_external_data_at_the_opset_asked(tmp_path, capsys):
+    import onnx
+
+    model = cnn(tmp_path / "m.onnx")
+    out = tmp_path / "o.onnx"
+    rc, stdout, err = run(capsys, "train", model, "--dataset", "digits", "--epochs", 0, "--device", "cpu",
+                          "--opset", 18, "--external-data", "-o", out, "--no-progress")
+    assert rc == 0, err
+    m = onnx.load(str(out), load_external_data=False)
+    assert {o.version for o in m.opset_import if o.domain in ("", "ai.onnx")} == {18}
+    assert (tmp_path / "o.onnx.data").is_file()
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in m.graph.initializer)
+    rc, _, err = run(capsys, "train", model, "--dataset", "digits", "--epochs", 0, "--opset", 12,
+                     "-o", tmp_path / "p.onnx")
+    assert rc == 2 and "--opset 12" in err and not (tmp_path / "p.onnx").exists()

@@ -797,6 +797,15 @@ class _Importer:
             arr = arr.astype(np.float32)
         return self.g.add_const(np.array(arr, order="C"), name)
 
+    def derived_const(self, name: str, how: tuple, make) -> Value:
+        """A derived constant (``make()``, e.g. a transposed weight) made once per source constant and
+        derivation, so that nodes sharing a weight in the model (a tied layer) share it in the IR too."""
+        cache = self.__dict__.setdefault("_derived", {})
+        key = (name, how)
+        if key not in cache:
+            cache[key] = self.new_const(make(), name)
+        return cache[key]
+
     def is_const(self, name: str) -> bool:
         return bool(name) and name in self.consts and name not in self.symbolic
 
@@ -1357,7 +1366,8 @@ class _Importer:
             w = self.const_value(w_name)
         else:
             arr = b if a.get("transB", 0) else b.T
-            w = self.new_const(arr * np.float32(alpha) if alpha != 1.0 else arr, w_name)
+            w = self.derived_const(w_name, ("gemm", bool(a.get("transB", 0)), alpha),
+                                   lambda: arr * np.float32(alpha) if alpha != 1.0 else arr)
         c_name = node.input[2] if len(node.input) > 2 else ""
         return self._gemm(node, x, w, c, beta, c_name, node.output[0], name)
 
@@ -1386,7 +1396,7 @@ class _Importer:
             raise self.unsupported(
                 node, f"{_node_label(node)} (inputs {list(x.shape)} @ {list(b.shape)}; only a 2-D data "
                             "input times a 2-D constant, a fully connected layer, is supported)")
-        w = self.new_const(b.T, node.input[1])
+        w = self.derived_const(node.input[1], ("gemm", False, 1.0), lambda: b.T)
         out = node.output[0]
         users = self.consumers.get(out, [])
         c, c_name = None, ""

@@ -92,6 +92,20 @@ def ordered_steps(order: list[str], values: dict[str, tuple]) -> list[dict]:
     return steps
 
 
+def check_opset(opset: int | None, error=click.BadParameter) -> None:
+    """Refuse an ``--opset`` the exporter cannot write, before any work is done (raises ``error``)."""
+    if opset is None:
+        return
+    import onnx
+
+    from nashir.backends.onnx.exporter import EXPORT_OPSET, MIN_EXPORT_OPSET
+
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_EXPORT_OPSET <= opset <= newest:
+        raise error(f"--opset {opset}: nashir writes opsets {MIN_EXPORT_OPSET} to {newest} (default "
+                    f"{EXPORT_OPSET}, which onnxruntime 1.13 and later load); pick one in that range")
+
+
 def _default_output(model: str) -> Path:
     p = Path(model)
     stem = p.name[:-5] if p.name.lower().endswith(".onnx") else p.name
@@ -133,9 +147,13 @@ def _same_file(a: Path, b: Path) -> bool:
 @click.option("--plugin", multiple=True, metavar="MODULE", help="Import MODULE to register more passes.")
 @click.option("--input-shape", metavar="C,H,W", default=None,
               help="Non-batch input dimensions for models whose input size is symbolic, e.g. 3,224,224.")
+@click.option("--opset", type=int, default=None, metavar="N",
+              help="ONNX opset to write (13 up to the newest the onnx package knows) [default: 17].")
+@click.option("--external-data", is_flag=True,
+              help="Store the weights in OUT.onnx.data beside the model (needed above protobuf's 2 GiB).")
 @click.pass_context
 def morph(ctx, model, widen, width, factor, deepen, kernel, skip_add, skip_concat, widen_kernel, apply,
-          split, seed, output, check, list_sites, plugin, input_shape):
+          split, seed, output, check, list_sites, plugin, input_shape, opset, external_data):
     """Apply network morphisms to MODEL.onnx and write the result.
 
     The morph flags apply in the order given. NAME is a node name or the name of its output value
@@ -153,6 +171,7 @@ def morph(ctx, model, widen, width, factor, deepen, kernel, skip_add, skip_conca
     from nashir.passes import available_passes, check_preservation, get_pass, load_plugin
 
     shape = parse_shape(input_shape)
+    check_opset(opset, MorphUsageError)
     for mod in plugin:
         load_plugin(mod)
     values = {"widen": widen, "width": width, "factor": factor, "deepen": deepen, "kernel": kernel,
@@ -255,7 +274,7 @@ def morph(ctx, model, widen, width, factor, deepen, kernel, skip_add, skip_conca
                 f"{rep.tolerance:.3g}; "
                 "nothing was written"
             )
-    save(graph, out)
+    save(graph, out, opset=opset, external_data=external_data)
     click.echo(f"wrote {out} ({graph.param_count():,} parameters, {graph.mac_count():,} MACs per sample)")
 
 

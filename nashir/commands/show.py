@@ -37,6 +37,24 @@ def _shape(shape) -> list:
     return [d if isinstance(d, str) else int(d) for d in (shape or ())]
 
 
+def tied_weights(graph) -> dict[str, list[str]]:
+    """Parameters shared by several nodes (a tied layer), ``{constant name: [node names]}``.
+
+    Import keeps a weight the model shares as one constant (and the torch backend as one
+    parameter), also when the importer derives it (a transposed MatMul weight, once per source).
+    A morph that changes a shared constant gives the node it changes its own copy: that node is
+    untied from the others."""
+    from nashir import ops
+
+    users: dict[str, list[str]] = {}
+    for n in graph.nodes:
+        for v in ops.param_values(n):
+            names = users.setdefault(v.name, [])
+            if n.name not in names:
+                names.append(n.name)
+    return {k: v for k, v in users.items() if len(v) > 1}
+
+
 def summary(graph) -> dict:
     """A JSON-ready summary: inputs, outputs, one row per node (name, output value, op, output shape,
     parameters, MACs per sample) and totals."""
@@ -58,6 +76,7 @@ def summary(graph) -> dict:
         "outputs": [{"name": v.name, "dtype": v.dtype, "shape": _shape(v.shape)} for v in graph.outputs],
         "nodes": rows,
         "totals": {"nodes": len(graph.nodes), "params": graph.param_count(), "macs": graph.mac_count()},
+        "tied": tied_weights(graph),
         "meta": {k: v for k, v in graph.meta.items() if isinstance(v, (int, str, float))},
     }
 
@@ -78,6 +97,11 @@ def table(info: dict) -> str:
     out = [line(head), line(["-" * w for w in widths])]
     out += [line(b).rstrip() for b in body]
     out.append(f"total: {t['nodes']} nodes, {t['params']:,} parameters, {t['macs']:,} MACs per sample")
+    tied = info.get("tied") or {}
+    if tied:
+        out.append("tied weights (one constant, several nodes; a morph that changes one of these nodes "
+                   "gives it its own copy):")
+        out += [f"  {k}: {', '.join(v)}" for k, v in tied.items()]
     return "\n".join(out)
 
 

@@ -194,8 +194,13 @@ def _stage_text(path: Path, text: str) -> str:
 @click.option("--input-shape", metavar="C,H,W", default=None, help=_INPUT_SHAPE_HELP)
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
               help="Where to write the trained model (ONNX).")
+@click.option("--opset", type=int, default=None, metavar="N",
+              help="ONNX opset to write (13 up to the newest the onnx package knows) [default: 17].")
+@click.option("--external-data", is_flag=True,
+              help="Store the weights in OUTPUT.data beside the model (needed above protobuf's 2 GiB).")
 def train(model, dataset, data_dir, epochs, lr_start, lr_end, batch_size, weight_decay, momentum, nesterov,
-          t_0, t_mult, trainval, augment, device, seed, threads, history_path, progress, input_shape, output):
+          t_0, t_mult, trainval, augment, device, seed, threads, history_path, progress, input_shape, output,
+          opset, external_data):
     """Train MODEL (ONNX) with SGD and SGDR on a data set; write the trained model to -o.
 
     SGD with momentum and weight decay, the learning rate annealed per iteration from --lr-start
@@ -211,6 +216,9 @@ def train(model, dataset, data_dir, epochs, lr_start, lr_end, batch_size, weight
     """
     check_train_flags(epochs, lr_start, lr_end, batch_size, weight_decay, momentum, nesterov, t_0, t_mult,
                       seed, threads)
+    from nashir.commands.morph import check_opset
+
+    check_opset(opset, UsageError)
     if input_shape is not None:
         from nashir.commands.show import parse_shape
 
@@ -258,7 +266,7 @@ def train(model, dataset, data_dir, epochs, lr_start, lr_end, batch_size, weight
         except OSError as e:
             raise UsageError(f"--history {history_path!r}: cannot write: {e.strerror or e}") from e
     try:
-        save(trained, output)
+        save(trained, output, opset=opset, external_data=external_data)
         if staged is not None:
             os.replace(staged, history_path)
             staged = None
