@@ -572,6 +572,25 @@ def is_nonneg(graph: Graph, value: Value | str) -> bool:
     return nonneg_values(graph).get(v.name, False)
 
 
+# ---------------------------------------------------------------------------------------------- size bound
+
+#: The least number of parameters one morph that adds a layer may always add (:func:`new_params_bound`).
+MIN_NEW_PARAMS = 2**20
+#: The share of the graph's parameters such a morph may add when that is more than MIN_NEW_PARAMS.
+NEW_PARAMS_SHARE = 0.25
+
+
+def new_params_bound(graph: Graph, max_new_params: int | None = None) -> int:
+    """The most parameters one layer-adding morph (net2deeper, add-skip, concat-skip) may add:
+    ``max_new_params`` when given, else ``max(2**20, params(graph) / 4)``. It keeps sites such as
+    an identity Gemm on a flattened 512 x 7 x 7 map (25088^2 = 629 M parameters on VGG-11-BN) or
+    a square concat-skip projection from it out of the ordinary sites; the passes check it from
+    shapes, before any array is made."""
+    if max_new_params is not None:
+        return int(max_new_params)
+    return max(MIN_NEW_PARAMS, int(graph.param_count() * NEW_PARAMS_SHARE))
+
+
 # ---------------------------------------------------------------------------------------------- layers
 
 
@@ -605,4 +624,5 @@ def layer_outputs(graph: Graph) -> list[Value]:
 __all__ = [
     "Carried", "Absorber", "PerChannelArray", "ChannelFlow", "channel_flow", "nonneg_values", "is_nonneg",
     "is_layer_output", "layer_outputs", "resolve_value", "PRODUCER_OPS", "grouped_conv_groups",
+    "new_params_bound", "MIN_NEW_PARAMS", "NEW_PARAMS_SHARE",
 ]

@@ -14,7 +14,7 @@ import numpy as np
 from nashir.errors import GraphError, PassError
 from nashir.ir import Graph, Value
 
-from .analysis import is_nonneg, layer_outputs, resolve_value
+from .analysis import is_nonneg, layer_outputs, new_params_bound, nonneg_values, resolve_value
 from .base import Pass, PassResult, Site, register_pass
 from .transforms import identity_batchnorm, identity_conv_weight
 
@@ -72,6 +72,9 @@ class Net2Deeper(Pass):
         relu: ``"auto"`` (when known non-negative), ``"never"``, or ``"required"`` (not applicable
             unless known non-negative).
         eps: BatchNorm epsilon.
+        max_new_params: the most parameters the inserted layer may add (:meth:`new_params`, from
+            shapes, before anything is made); default ``max(2**20, params(graph) / 4)``
+            (:func:`~nashir.passes.analysis.new_params_bound`). Larger sites are not applicable.
 
     Raises:
         PassError: an even or non-positive kernel, or an unknown ``relu`` mode.
@@ -82,7 +85,7 @@ class Net2Deeper(Pass):
     description = "insert an identity Conv-BN-ReLU (or Gemm) layer after a value (Net2DeeperNet)"
 
     def __init__(self, kernel: int | None = None, kernels: tuple[int, ...] = (3, 5), batchnorm: bool = True,
-                 relu: str = "auto", eps: float = 1e-5):
+                 relu: str = "auto", eps: float = 1e-5, max_new_params: int | None = None):
         for k in ([kernel] if kernel is not None else []) + list(kernels):
             if int(k) != k or k < 1 or k % 2 == 0:
                 raise PassError(
@@ -94,6 +97,27 @@ class Net2Deeper(Pass):
         self.batchnorm = batchnorm
         self.relu = relu
         self.eps = float(eps)
+        if max_new_params is not None and (int(max_new_params) != max_new_params or max_new_params < 1):
+            raise PassError(f"net2deeper: max_new_params must be a positive integer, got {max_new_params!r}")
+        self.max_new_params = None if max_new_params is None else int(max_new_params)
+
+    def new_params(self, v: Value) -> int:
+        """Parameters the inserted layer adds after ``v`` with the largest kernel it may draw:
+        ``C^2 k^s`` (Conv, ``s`` spatial axes) or ``F^2 + F`` (Gemm with bias), plus 4 per channel
+        for the BatchNormalization."""
+        c = int(v.shape[1])
+        k = self.kernel if self.kernel is not None else max(self.kernels)
+        core = c * c * k ** (len(v.shape) - 2) if len(v.shape) > 2 else c * c + c
+        return core + (4 * c if self.batchnorm else 0)
+
+    def _size_reason(self, graph: Graph, v: Value, bound: int | None = None) -> str | None:
+        bound = new_params_bound(graph, self.max_new_params) if bound is None else bound
+        n = self.new_params(v)
+        if n > bound:
+            return (f"an identity layer after {v.name!r} ({int(v.shape[1])} channels) would add {n:,} "
+                    f"parameters, over the bound of {bound:,}; deepen after a narrower value or pass a "
+                    "larger max_new_params")
+        return None
 
     def check(self, graph: Graph, site: ValueSite) -> str | None:
         try:
@@ -103,11 +127,14 @@ class Net2Deeper(Pass):
         reason = deepen_reason(graph, v)
         if reason is None and self.relu == "required" and not is_nonneg(graph, v):
             return f"{v.name!r} is not known non-negative, so a ReLU after it would not be the identity"
-        return reason
+        return reason or self._size_reason(graph, v)
 
     def sites(self, graph: Graph) -> list[ValueSite]:
+        bound = new_params_bound(graph, self.max_new_params)
+        nonneg = nonneg_values(graph) if self.relu == "required" else {}
         return [ValueSite(v.name) for v in layer_outputs(graph)
-                if self.check(graph, ValueSite(v.name)) is None]
+                if deepen_reason(graph, v) is None and (self.relu != "required" or nonneg.get(v.name, False))
+                and self._size_reason(graph, v, bound) is None]
 
     def parse_site(self, graph: Graph, text: str) -> ValueSite:
         return ValueSite(graph.find_value(text).name)

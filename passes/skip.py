@@ -14,7 +14,15 @@ import numpy as np
 from nashir.errors import GraphError, PassError
 from nashir.ir import Graph, Node, Value
 
-from .analysis import ChannelFlow, channel_flow, layer_outputs, resolve_value
+from .analysis import (
+    MIN_NEW_PARAMS,
+    NEW_PARAMS_SHARE,
+    ChannelFlow,
+    channel_flow,
+    layer_outputs,
+    new_params_bound,
+    resolve_value,
+)
 from .base import Pass, PassResult, Site, register_pass
 from .net2wider import remap_channels
 from .transforms import pool_factors
@@ -126,12 +134,6 @@ def _path(graph: Graph, a: Value, b: Value, out_channels: int, weight: np.ndarra
     return cn.outputs[0], nodes
 
 
-#: The least number of parameters one skip may always add (see :meth:`_Skip.bound`).
-MIN_NEW_PARAMS = 2**20
-#: The share of the graph's parameters one skip may add when that is more than MIN_NEW_PARAMS.
-NEW_PARAMS_SHARE = 0.25
-
-
 class _Skip(Pass):
     exact = True
 
@@ -146,9 +148,7 @@ class _Skip(Pass):
     def bound(self, graph: Graph) -> int:
         """The most parameters one skip may add to ``graph``: ``max_new_params``, by default
         ``max(MIN_NEW_PARAMS, NEW_PARAMS_SHARE * params(graph))`` = ``max(2**20, params / 4)``."""
-        if self.max_new_params is not None:
-            return self.max_new_params
-        return max(MIN_NEW_PARAMS, int(graph.param_count() * NEW_PARAMS_SHARE))
+        return new_params_bound(graph, self.max_new_params)
 
     def _resolve(self, graph: Graph, site: SkipSite) -> tuple[Value, Value] | str:
         try:

@@ -175,3 +175,19 @@ def test_apply_refuses_graph_output():
     g = plain_net()
     with pytest.raises(NotApplicable, match="graph output"):
         get_pass("net2deeper").apply(g, ValueSite("fc"))
+
+
+def test_an_identity_layer_over_the_size_bound_is_not_a_site():
+    """An identity Gemm after a flattened 64 x 30 x 30 map would be 57600^2 (3.3e9) parameters: refused
+    from shapes, before anything is allocated (VGG-11-BN's flattened 25088 gave 629 M before the bound)."""
+    b = GraphBuilder("wide", (64, 30, 30), seed=0)
+    f = b.flatten(b.relu(b.conv(b.input, 64, kernel=1, name="c"), name="r"), name="flat")
+    g = b.build(b.gemm(f, 2, name="fc"))
+    p = get_pass("net2deeper")
+    assert "flat" not in [str(s) for s in p.sites(g)] and "r" in [str(s) for s in p.sites(g)]
+    reason = p.check(g, ValueSite("flat"))
+    assert "3,317,817,600 parameters" in reason and "over the bound of 1,048,576" in reason
+    with pytest.raises(NotApplicable, match="over the bound"):
+        p.apply(g.clone(), ValueSite("flat"))
+    assert p.new_params(g.value("r")) == 64 * 64 * 25 + 4 * 64   # the largest kernel drawn, 5x5
+    assert get_pass("net2deeper", max_new_params=4 * 10**9).check(g, ValueSite("flat")) is None
