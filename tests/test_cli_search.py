@@ -143,7 +143,7 @@ def test_fashion_mnist_gets_the_fashion_preset(tmp_path):
             return build_config(ctx, ctx.params)
 
     c = config(["--dataset", "fashion-mnist"])
-    assert c.preset == "fashion" and c.precision == "bf16" and c.max_macs == 24_000_000
+    assert c.preset == "fashion" and c.precision == "bf16" and c.max_macs == 16_000_000
     assert config(["--dataset", "mnist"]).preset == "fashion"
     assert config([]).preset == "demo" and config([]).precision == "auto"
     assert config(["--dataset", "cifar10"]).preset == "paper"
@@ -228,7 +228,8 @@ def test_report_command(capsys, run_dir, tmp_path):
     assert main(["report", str(run_dir), "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "wrote" in text and "report.md" in text
-    assert {p.name for p in out.iterdir()} == {"val_acc.png", "lineage.png", "params_acc.png", "report.md"}
+    assert {p.name for p in out.iterdir()} == {"val_acc.png", "lineage.png", "params_acc.png", "curves.png",
+                                               "report.md"}
     assert (out / "val_acc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -6,7 +6,16 @@ import pytest
 
 from nashir.errors import SearchError
 from nashir.search.ledger import Ledger
-from nashir.search.report import PLOTS, format_morphisms, format_summary, load_run, write_report
+from nashir.search.report import (
+    PLOTS,
+    format_lineage,
+    format_morphism_stats,
+    format_morphisms,
+    format_summary,
+    load_run,
+    morphism_stats,
+    write_report,
+)
 
 
 def _fake_run(folder):
@@ -31,7 +40,9 @@ def _fake_run(folder):
     led.finish_candidate("s2-c2", "ok", val_acc=0.72, train_seconds=2.0)
     led.finish_step(2, "s2-c2", 0.72)
     led.add_candidate("final", 3, 0, "final", "s2-c2", [], 150, 1500)
-    led.finish_candidate("final", "ok", test_acc=0.75, train_seconds=3.0, metrics={"test_acc": 0.75})
+    led.finish_candidate("final", "ok", test_acc=0.75, train_seconds=3.0, metrics={"test_acc": 0.75},
+                         history=[{"epoch": 0, "loss": 1.2, "train_acc": 0.5, "lr": 0.05},
+                                  {"epoch": 1, "loss": 0.8, "train_acc": 0.7, "lr": 0.0}])
     led.set_meta(
         "final",
         {
@@ -81,7 +92,8 @@ def test_write_report(tmp_path):
     ledger_before = (tmp_path / "run" / "ledger.sqlite").read_bytes()
     paths = write_report(tmp_path / "run")
     assert [p.name for p in paths] == [*PLOTS, "report.md"]
-    for p in paths[:3]:
+    assert len(PLOTS) == 4 and "curves.png" in PLOTS
+    for p in paths[:4]:
         img = matplotlib.image.imread(p)
         assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
     md = paths[-1].read_text()
@@ -89,6 +101,9 @@ def test_write_report(tmp_path):
         assert f"| {cid} |" in md
     assert "diverged: loss became nan \\| at epoch 0" in md  # the reason, table-safe
     assert "![Lineage](lineage.png)" in md and "75.00 %" in md and "(x - mean) / std" in md
+    assert "![Training curves](curves.png)" in md and "## Morphisms" in md
+    assert "Lineage of the final model: init (100 params) -> s1-c1 net2wider@conv1 (150 params)" in md
+    assert "final training: loss 1.200 0.800; train acc % 50.00 70.00" in md
     assert (tmp_path / "run" / "ledger.sqlite").read_bytes() == ledger_before  # only read
 
 
@@ -102,3 +117,23 @@ def test_report_elsewhere_and_errors(tmp_path):
     with pytest.raises(SearchError, match="no candidate has finished"):
         write_report(tmp_path / "empty_run")
     assert not (tmp_path / "empty_run" / "report").exists()
+
+
+def test_lineage_in_one_line_and_the_morphism_table(tmp_path):
+    _fake_run(tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    assert format_lineage(run["candidates"], run["steps"]) == (
+        "init (100 params) -> s1-c1 net2wider@conv1 (150 params) -> s2-c2 trained further "
+        "-> final (train+val)"
+    )
+    rows = {r["pass"]: r for r in morphism_stats(run["candidates"], run["steps"])}
+    # net2wider: one child (s1-c1), trained, won step 1, +10 points against the incumbent s1-c3 (60 %)
+    assert rows["net2wider"] == {"pass": "net2wider", "children": 1, "trained": 1, "won": 1,
+                                 "mean_delta": pytest.approx(10.0), "deltas": 1}
+    # add-skip and net2deeper: two children (s1-c2 diverged, s2-c1 65 % against s2-c2's 72 %)
+    for name in ("add-skip", "net2deeper"):
+        assert rows[name]["children"] == 2 and rows[name]["trained"] == 1 and rows[name]["won"] == 0
+        assert rows[name]["mean_delta"] == pytest.approx(-7.0)
+    text = format_morphism_stats(morphism_stats(run["candidates"], run["steps"]))
+    assert text.splitlines()[0].split()[:4] == ["pass", "children", "trained", "won"]
+    assert "+10.00 (n=1)" in text and "-7.00 (n=1)" in text

@@ -156,8 +156,8 @@ def build_config(ctx: click.Context, params: dict, stored: dict | None = None):
     help="Settings to start from: paper (arXiv 1711.04528 Sec. 5.1: 5 steps, 8 neighbours, 5 morphisms, "
     "17 epochs per neighbour, 20 final, 20 pretraining, lr 0.05 -> 0, batch 128), demo (digits on "
     "2 CPU cores in a few minutes) or fashion (Fashion-MNIST on 2 CPU cores within an hour: 3 steps, "
-    "4 neighbours, 3 morphisms, 3 epochs per neighbour, 15 final, 8 pretraining, batch 128, bf16, "
-    "children up to 24 M MACs). "
+    "4 neighbours, 3 morphisms, 3 epochs per neighbour, 20 final, 8 pretraining, batch 128, bf16, "
+    "children up to 16 M MACs). "
     "Default: demo for digits, fashion for fashion-mnist and mnist, paper otherwise.",
 )
 @click.option("--steps", type=int, default=None, help="n_steps: hill-climbing steps.")
@@ -432,15 +432,27 @@ def report(run_dir, out):
     """Write PNG plots and a markdown report for a NASH run folder.
 
     Plots: validation accuracy of every candidate per step with the best's line (val_acc.png), the
-    lineage tree (lineage.png), parameters against accuracy (params_acc.png); report.md links them.
+    lineage tree with the morphisms on its edges (lineage.png), parameters against accuracy with the
+    winners and the final model marked (params_acc.png), training curves including the final
+    training (curves.png); report.md links them and adds the final model's lineage and a
+    per-morphism table.
     """
     from nashir.search.report import load_run, write_report
 
     paths = write_report(run_dir, out)
     run = load_run(run_dir)
-    from nashir.search.report import format_summary
+    from nashir.search.report import (
+        final_curve,
+        format_lineage,
+        format_morphism_stats,
+        format_summary,
+        morphism_stats,
+    )
 
     final = run["final"] or {}
-    click.echo(format_summary(run["steps"], final.get("test_acc"), final.get("test_acc_onnx")))
+    click.echo(format_summary(run["steps"], final.get("test_acc"), final.get("test_acc_onnx"),
+                              final_curve(run), final.get("warnings")))
+    click.echo("lineage: " + format_lineage(run["candidates"], run["steps"]))
+    click.echo(format_morphism_stats(morphism_stats(run["candidates"], run["steps"])))
     for p in paths:
         click.echo(f"wrote {p}")
