@@ -7,13 +7,14 @@ types and then uniformly among the places where it applies.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from nashir.errors import NotApplicable, PassError, VerifyError
+from nashir.errors import NashirError, NotApplicable, PassError, VerifyError
 from nashir.ir import Graph
 
 from .base import Pass, as_rng, get_pass
@@ -57,6 +58,17 @@ class Morphisms(list):
     note: str | None = None
 
 
+def _sites(p: Pass, graph: Graph) -> list:
+    """``p.sites(graph)``; a pass whose ``sites()`` raises is a PassError naming it."""
+    try:
+        return list(p.sites(graph))
+    except NashirError:
+        raise
+    except Exception as e:
+        raise PassError(f"sample_morphisms: pass {getattr(p, 'name', p)!r}: sites() raised "
+                        f"{type(e).__name__}: {e} (a bug in the pass)") from e
+
+
 def _resolve(passes: Sequence[Pass | str] | None) -> list[Pass]:
     names = SEARCH_PASSES if passes is None else passes
     out = [get_pass(p) if isinstance(p, str) else p for p in names]
@@ -93,7 +105,9 @@ def sample_morphisms(graph: Graph, n: int, rng: np.random.Generator | int | None
         (JSON-serialisable).
 
     Raises:
-        PassError: bad arguments, or a pass that left a graph that does not verify (a bug).
+        PassError: bad arguments, or a pass that misbehaves (a bug): its ``sites()`` or ``apply()``
+            raises something other than :class:`NotApplicable`, its info is not JSON-serialisable, or
+            it left a graph that does not verify. The message names the pass.
     """
     if int(n) != n or n < 0:
         raise PassError(f"sample_morphisms: n must be a non-negative integer, got {n!r}")
@@ -104,7 +118,7 @@ def sample_morphisms(graph: Graph, n: int, rng: np.random.Generator | int | None
     if max_tries < 1:
         raise PassError(f"sample_morphisms: max_tries must be >= 1, got {max_tries!r}")
     for k in range(int(n)):
-        cands = [(p, s) for p in pool for s in [p.sites(child)] if s]
+        cands = [(p, s) for p in pool for s in [_sites(p, child)] if s]
         if not cands:
             done.note = f"stopped after {k} of {n} morphisms: no pass has an applicable site"
             log.info("sample_morphisms: %s", done.note)
@@ -120,6 +134,16 @@ def sample_morphisms(graph: Graph, n: int, rng: np.random.Generator | int | None
                 last = str(e)
                 log.warning("sample_morphisms: %s", e)
                 continue
+            except NashirError:
+                raise
+            except Exception as e:   # a bug in a (plugin) pass: named, never a bare traceback
+                raise PassError(f"sample_morphisms: pass {p.name!r} at {site} raised {type(e).__name__}: {e} "
+                                "(a bug in the pass)") from e
+            try:
+                json.dumps(res.info, sort_keys=True)
+            except (TypeError, ValueError) as e:
+                raise PassError(f"sample_morphisms: pass {p.name!r} at {site} returned info that is not "
+                                f"JSON-serialisable ({type(e).__name__}: {e}); a bug in the pass") from None
             try:
                 trial.verify()
             except VerifyError as e:

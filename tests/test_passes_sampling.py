@@ -134,3 +134,45 @@ def test_a_pass_that_breaks_the_graph_is_reported():
 
     with pytest.raises(PassError, match="breaks-test at s0 left a graph that does not verify"):
         sample_morphisms(plain_net(), 2, 0, passes=[Breaks("breaks-test", 1)])
+
+
+# ------------------------------------------------------------------ misbehaving (plugin) passes
+
+
+class _Bad(get_pass("widen-kernel").__class__):
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.name = f"bad-{how}"
+
+    def sites(self, graph):
+        if self.how == "sites":
+            raise ZeroDivisionError("sites broke")
+        return super().sites(graph)
+
+    def apply(self, graph, site, rng):
+        if self.how == "apply":
+            raise KeyError("apply broke")
+        if self.how == "memory":
+            raise MemoryError
+        res = super().apply(graph, site, rng)
+        if self.how == "info":
+            res.info["array"] = object()
+        if self.how == "info-keys":
+            res.info[(1, 2)] = "tuple key"
+        return res
+
+
+@pytest.mark.parametrize("how, message", [
+    ("sites", r"pass 'bad-sites': sites\(\) raised ZeroDivisionError: sites broke \(a bug in the pass\)"),
+    ("apply", r"pass 'bad-apply' at \S+ raised KeyError: 'apply broke' \(a bug in the pass\)"),
+    ("memory", r"pass 'bad-memory' at \S+ raised MemoryError"),
+    ("info", r"pass 'bad-info' at \S+ returned info that is not JSON-serialisable \(TypeError"),
+    ("info-keys", r"pass 'bad-info-keys' at \S+ returned info that is not JSON-serialisable"),
+])
+def test_a_misbehaving_pass_is_a_pass_error_naming_it(how, message):
+    g = plain_net()
+    text = str(g)
+    with pytest.raises(PassError, match=message):
+        sample_morphisms(g, 3, np.random.default_rng(0), passes=[_Bad(how)])
+    assert str(g) == text
