@@ -353,3 +353,211 @@ def test_search_prints_progress_and_summary(tmp_path):
     assert p.returncode == 0, stderr
     assert "step  best" in stdout and "final test accuracy" in stdout and "best model:" in stdout
     assert "NASH steps" in stderr  # tqdm bars go to stderr
+
+
+# ------------------------------------------------------------------ the run folder is untrusted input
+
+
+def _copy_run(run_dir, tmp_path, name="copy"):
+    import shutil
+
+    dst = tmp_path / name
+    shutil.copytree(run_dir, dst)
+    return dst
+
+
+def _sql(run, *statements):
+    con = sqlite3.connect(run / "ledger.sqlite")
+    for st in statements:
+        con.execute(st)
+    con.commit()
+    con.close()
+
+
+def _refused(capsys, run, argv, *patterns, outside=()):
+    """``argv`` exits 2 with one line and the patterns; the run folder (and files outside) unchanged."""
+    before = snapshot(run)
+    others = {p: p.read_bytes() for p in outside}
+    err = _fails(capsys, argv, *patterns)
+    assert err.count("\n") == 1, err
+    assert snapshot(run) == before
+    assert {p: p.read_bytes() for p in outside} == others
+    return err
+
+
+def _final_id(run):
+    con = sqlite3.connect(run / "ledger.sqlite")
+    (cid,) = con.execute("SELECT id FROM candidates WHERE kind = 'final'").fetchone()
+    con.close()
+    return cid
+
+
+@pytest.mark.parametrize("where", ["../x.onnx", "ABS", "candidates/../../x.onnx"])
+def test_candidate_path_outside_the_run_is_refused(capsys, run_dir, tmp_path, where):
+    """A ledger row pointing at a model outside the run folder is never read (nor made best.onnx)."""
+    run = _copy_run(run_dir, tmp_path)
+    evil = tmp_path / "x.onnx"
+    evil.write_bytes((run / "candidates" / "start.onnx").read_bytes())
+    path = str(evil) if where == "ABS" else where
+    _sql(run, f"UPDATE candidates SET onnx = '{path}' WHERE id = '{_final_id(run)}'")
+    for argv in (["search", "--resume", "--out", str(run), "--quiet"],):
+        _refused(capsys, run, argv, "outside the run's candidates/ folder", outside=[evil])
+
+
+@pytest.mark.parametrize("change", ["swapped", "garbage", "truncated", "missing"])
+def test_changed_candidate_file_is_refused_on_resume(capsys, run_dir, tmp_path, change):
+    run = _copy_run(run_dir, tmp_path)
+    f = run / "candidates" / f"{_final_id(run)}.onnx"
+    if change == "swapped":   # another valid model
+        f.write_bytes((run / "candidates" / "start.onnx").read_bytes())
+    elif change == "garbage":
+        f.write_bytes(b"\x00garbage" * 50)
+    elif change == "truncated":
+        f.write_bytes(f.read_bytes()[:100])
+    else:
+        f.unlink()
+    pat = "is missing" if change == "missing" else "is not the file the search wrote"
+    _refused(capsys, run, ["search", "--resume", "--out", str(run), "--quiet"], pat, f.name)
+
+
+def test_swapped_start_model_is_refused_on_resume(capsys, run_dir, tmp_path):
+    run = _copy_run(run_dir, tmp_path)
+    start = run / "candidates" / "start.onnx"
+    start.write_bytes((run / "candidates" / f"{_final_id(run)}.onnx").read_bytes())
+    _refused(capsys, run, ["search", "--resume", "--out", str(run), "--quiet"], "start.onnx")
+
+
+@pytest.mark.parametrize("damage, pattern", [
+    ("DROP TABLE steps", "has no table 'steps'"),
+    ("UPDATE candidates SET history = '{oops' WHERE kind = 'final'", "has a corrupt 'history' column"),
+    ("UPDATE candidates SET morphisms = 'x' WHERE kind = 'init'", "has a corrupt 'morphisms' column"),
+    ("UPDATE meta SET value = 'not json' WHERE key = 'config'", "(meta key 'config') is not a JSON"),
+    ("UPDATE meta SET value = '{oops' WHERE key = 'final'", "meta key 'final'"),
+])
+def test_damaged_ledger_in_resume_and_report(capsys, run_dir, tmp_path, damage, pattern):
+    run = _copy_run(run_dir, tmp_path)
+    _sql(run, damage)
+    _refused(capsys, run, ["search", "--resume", "--out", str(run), "--quiet"], pattern)
+    _refused(capsys, run, ["report", str(run), "-o", str(tmp_path / "rep")], pattern)
+    assert not (tmp_path / "rep").exists()
+
+
+@pytest.mark.parametrize("cut", [0, 1000, 5000])
+def test_garbage_or_truncated_ledger_in_resume_and_report(capsys, run_dir, tmp_path, cut):
+    run = _copy_run(run_dir, tmp_path)
+    p = run / "ledger.sqlite"
+    p.write_bytes(p.read_bytes()[:cut] if cut else b"garbage, not sqlite" * 100)
+    _refused(capsys, run, ["search", "--resume", "--out", str(run), "--quiet"], "ledger.sqlite")
+    _refused(capsys, run, ["report", str(run), "-o", str(tmp_path / "rep")], "ledger.sqlite")
+
+
+def _npz(path, seed=0, flip=False):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (80, 1, 8, 8), dtype=np.uint8)
+    y = np.arange(80) % 4
+    if flip:
+        x[0, 0, 0, 0] ^= 1   # same shapes, one pixel differs
+    np.savez(path, x=x, y=y)
+    return path
+
+
+def test_resume_refuses_a_changed_data_set(capsys, tmp_path):
+    data = _npz(tmp_path / "d.npz")
+    run = tmp_path / "run"
+    assert main(["search", *NO_TRAIN, "--dataset", f"npz:{data}", "--out", str(run), "--quiet"]) == 0
+    _npz(data, flip=True)
+    _refused(capsys, run, ["search", "--resume", "--out", str(run), "--quiet"],
+             "the data set is not the one the run", "its contents (the SHA-256 fingerprint")
+    _npz(data)
+    assert main(["search", "--resume", "--out", str(run), "--quiet"]) == 0
+
+
+# ------------------------------------------------------------------ exclusive creation
+
+
+def test_a_second_search_on_a_locked_folder_writes_nothing(capsys, tmp_path):
+    from nashir.search.ledger import lock_run_dir, unlock_run_dir
+
+    out = tmp_path / "run"
+    out.mkdir()
+    lock = lock_run_dir(out)   # as a search that is deciding / creating / running holds it
+    try:
+        _refused(capsys, out, ["search", *NO_TRAIN, "--out", str(out), "--quiet"],
+                 "another nashir search is using the run folder")
+        assert list(out.iterdir()) == []
+    finally:
+        unlock_run_dir(lock)
+
+
+def test_stale_ledger_temp_file_of_a_killed_creation(capsys, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = out / ".ledger.k1ll3d.tmp"
+    stale.write_bytes(b"SQLite format 3\x00 half-built")
+    err = _fails(capsys, ["search", "--resume", "--out", str(out), "--quiet"], ".ledger.k1ll3d.tmp")
+    assert stale.exists()
+    assert main(["search", *NO_TRAIN, "--out", str(out), "--quiet"]) == 0
+    assert not stale.exists()
+    stale.write_bytes(b"again")
+    assert main(["search", *NO_TRAIN, "--out", str(out), "--force", "--quiet"]) == 0
+    assert not stale.exists()
+    assert main(["search", "--resume", "--out", str(out), "--quiet"]) == 0
+    del err
+
+
+@pytest.mark.slow
+def test_two_fresh_searches_on_one_empty_out(tmp_path):
+    """Started together on one empty folder: one runs, the other is refused in one line and writes
+    nothing into the winner's folder; the winner then resumes its own run."""
+    out = tmp_path / "run"
+    out.mkdir()
+    cmd = [sys.executable, "-m", "nashir.cli", "search", *NO_TRAIN, "--out", str(out), "--quiet"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    res = [(p.wait(), *p.communicate()) for p in procs]
+    codes = sorted(r[0] for r in res)
+    assert codes in ([0, 2], [0, 0]), res   # [0, 0]: the second started after the first had finished
+    if codes == [0, 2]:
+        loser = next(r for r in res if r[0] == 2)
+        assert "Traceback" not in loser[2] and loser[2].count("\n") == 1, loser
+    assert main(["search", "--resume", "--out", str(out), "--quiet"]) == 0
+
+
+# ------------------------------------------------------------------ unwritable outputs
+
+
+def test_out_under_a_file_is_refused_before_the_data_loads(capsys, tmp_path):
+    f = tmp_path / "f"
+    f.write_text("a file")
+    _fails(capsys, ["search", "--dataset", "npz:/nonexistent.npz", "--out", str(f / "run")],
+           f"--out {f / 'run'}", "is a file")
+    _fails(capsys, ["report", str(f / "run")], "is a file")
+    assert sorted(os.listdir(tmp_path)) == ["f"]
+
+
+def test_unwritable_out_is_refused_before_the_data_loads(capsys, tmp_path, monkeypatch):
+    """/proc/self is not writable even for root: a genuinely unwritable place."""
+    _fails(capsys, ["search", "--dataset", "npz:/nonexistent.npz", "--out", "/proc/self/run"],
+           "--out /proc/self/run", "not writable")
+    monkeypatch.chdir("/proc/self")   # the default runs/ in a current folder nobody can write
+    _fails(capsys, ["search", "--dataset", "npz:/nonexistent.npz"], "runs", "not writable")
+
+
+def test_report_into_an_unwritable_folder(capsys, run_dir, tmp_path):
+    run = _copy_run(run_dir, tmp_path)
+    f = tmp_path / "f"
+    f.write_text("x")
+    _refused(capsys, run, ["report", str(run), "-o", str(f / "rep")], "is a file")
+    _refused(capsys, run, ["report", str(run), "-o", "/proc/self/rep"], "not writable")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits; see docs/limits.md")
+def test_read_only_run_on_resume_force_and_report(capsys, run_dir, tmp_path):
+    run = _copy_run(run_dir, tmp_path)
+    os.chmod(run, 0o555)
+    try:
+        for flag in ("--resume", "--force"):
+            _refused(capsys, run, ["search", *NO_TRAIN, flag, "--out", str(run), "--quiet"], "not writable")
+        _refused(capsys, run, ["report", str(run)], "not writable")
+    finally:
+        os.chmod(run, 0o755)

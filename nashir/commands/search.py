@@ -85,6 +85,44 @@ def default_out(dataset: str, preset_name: str, now: float | None = None) -> Pat
     return Path("runs") / f"{name.lower()}-{preset_name}-{stamp}"
 
 
+def check_writable_folder(path: str | Path, flag: str) -> None:
+    """Refuse an output folder nashir cannot write, before anything is loaded: a file where a folder
+    must be (the path itself or one of its parents), or a folder without write permission (the nearest
+    one that exists; for an existing run also its ledger and candidates/).
+
+    Raises:
+        SearchError: naming the flag, the path and the part that is in the way.
+    """
+    import os
+
+    p = Path(path)
+    q = p
+    while not os.path.lexists(q) and q.parent != q:
+        q = q.parent
+    if q.exists() and not q.is_dir():
+        where = "it" if q == p else str(q)
+        raise SearchError(f"{flag} {p}: {where} is a file, not a folder; give a folder path")
+    if not q.exists():   # a dangling symlink on the way
+        raise SearchError(f"{flag} {p}: {q} is a broken symbolic link; give a folder path")
+    if not os.access(q, os.W_OK | os.X_OK):
+        raise SearchError(f"{flag} {p}: folder {q} is not writable; choose another {flag} (or fix its "
+                          "permissions)")
+    if q == p:
+        for inner in (p / "ledger.sqlite", p / "candidates"):
+            if inner.exists() and not os.access(inner, os.W_OK | (os.X_OK if inner.is_dir() else 0)):
+                raise SearchError(f"{flag} {p}: {inner} is not writable; choose another {flag} (or fix its "
+                                  "permissions)")
+
+
+def _stderr_is_terminal() -> bool:
+    import sys
+
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 def _given(ctx: click.Context, name: str) -> bool:
     src = ctx.get_parameter_source(name)
     return src is not None and src.name not in ("DEFAULT", "DEFAULT_MAP")
@@ -284,7 +322,12 @@ def build_config(ctx: click.Context, params: dict, stored: dict | None = None):
     default=None,
     help="With --executor ray: CPUs per trial, also its torch threads (default 1).",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars; print only the result line.")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No progress bars; print only the result line (bars are shown only on a terminal).")
+@click.option("--plugin", multiple=True, metavar="MODULE",
+              help="Import MODULE first to register more passes (name them with --passes).")
+@click.option("--input-shape", metavar="C,H,W", default=None,
+              help="With --init: non-batch input dimensions for a model whose input size is symbolic.")
 @click.pass_context
 def search(ctx, **params):
     """Run a NASH architecture search (hill climbing over network morphisms, arXiv 1711.04528).
@@ -292,10 +335,16 @@ def search(ctx, **params):
     Writes the run folder (--out): ledger.sqlite, candidates/*.onnx, best.onnx, log.jsonl,
     summary.txt. `nashir report RUN_DIR` draws the plots.
     """
+    from nashir.commands.show import parse_shape
     from nashir.search.ledger import is_run
 
     out = params["out"]
     resume = params["resume"]
+    input_shape = parse_shape(params["input_shape"])
+    if input_shape is not None and not params["init"]:
+        raise SearchError("--input-shape sizes the --init model's input; give --init MODEL.onnx or drop it")
+    if out is not None:
+        check_writable_folder(out, "--out")   # before anything is read or loaded
     if resume and out is None:
         raise SearchError("--resume needs --out RUN_DIR (the folder of the run to continue)")
     if resume and params["force"]:
@@ -313,6 +362,11 @@ def search(ctx, **params):
 
         with Ledger.open(out, readonly=True) as led:
             stored = led.config
+    if params["plugin"]:
+        from nashir.passes import load_plugin
+
+        for mod in params["plugin"]:
+            load_plugin(mod)
     config = build_config(ctx, params, stored)
     executor = _make_executor(params, config)
     if executor is None and config.device.strip().lower() != "auto":
@@ -321,6 +375,7 @@ def search(ctx, **params):
         resolve_device(config.device)  # a bad or missing device is bad input: exit 2 before --force wipes
     if out is None:
         out = default_out(config.dataset, config.preset or "custom")
+        check_writable_folder(out, "--out (default)")
     out = Path(out)
     from nashir.search.nash import prepare_run_dir
 
@@ -334,7 +389,7 @@ def search(ctx, **params):
         from nashir.backends.onnx import load
         from nashir.search.startnet import check_model_fits
 
-        model0 = load(params["init"])
+        model0 = load(params["init"], input_shape=input_shape)
         check_model_fits(model0, data.input_shape, data.num_classes, what=f"--init {params['init']}")
 
     quiet = params["quiet"]
@@ -361,7 +416,7 @@ def search(ctx, **params):
             run_dir=out,
             resume=resume,
             force=params["force"],
-            progress=not quiet,
+            progress=not quiet and _stderr_is_terminal(),
             echo=echo,
         )
     except KeyboardInterrupt:
@@ -439,6 +494,10 @@ def report(run_dir, out):
     """
     from nashir.search.report import load_run, write_report
 
+    if not Path(run_dir).is_dir():
+        check_writable_folder(run_dir, "RUN_DIR")   # names a file in the way
+        raise SearchError(f"{run_dir} is not a folder; give the --out folder of a nashir search")
+    check_writable_folder(out if out is not None else Path(run_dir) / "report", "--out")
     paths = write_report(run_dir, out)
     run = load_run(run_dir)
     from nashir.search.report import (

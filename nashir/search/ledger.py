@@ -95,6 +95,7 @@ CREATE TABLE steps (
 """
 
 _JSON_COLS = ("morphisms", "history", "metrics")
+_JSON_KINDS = {"morphisms": list, "history": list, "metrics": dict}
 #: meta keys stored as plain text (every other key holds JSON).
 _RAW_META = {"format", "schema_version", "created", "state"}
 #: Tables and the columns every readable ledger (schema 1 and up) has.
@@ -745,6 +746,13 @@ def _row(row: sqlite3.Row, path: Path | None = None) -> dict[str, Any]:
                     f"ledger {path}: candidate {d.get('id')!r} has a corrupt {k!r} column (not JSON: "
                     f"{str(d[k])[:40]!r}); the ledger is damaged: restore it from a copy, or start a new run"
                 ) from None
+    for k, kind in _JSON_KINDS.items():
+        if d.get(k) is not None and not isinstance(d[k], kind):
+            raise SearchError(
+                f"ledger {path}: candidate {d.get('id')!r} has a corrupt {k!r} column (a JSON "
+                f"{type(d[k]).__name__}, expected a {kind.__name__}); the ledger is damaged: restore it "
+                "from a copy, or start a new run"
+            )
     if d.get("status") not in STATUSES:
         raise SearchError(f"ledger {path}: candidate {d.get('id')!r} has an unknown status "
                           f"{d.get('status')!r}; the ledger is damaged")

@@ -57,7 +57,17 @@ from nashir.errors import NashirError, SearchError
 from nashir.ir import Graph
 from nashir.search.config import SearchConfig, config_diff
 from nashir.search.executor import STATUS_OK, DataSpec, Executor, InProcessExecutor, Job, Result
-from nashir.search.ledger import LEDGER_NAME, Ledger, atomic_write, is_run
+from nashir.search.ledger import (
+    LEDGER_NAME,
+    MAX_CANDIDATE_BYTES,
+    Ledger,
+    atomic_write,
+    is_run,
+    lock_run_dir,
+    remove_stale_temp_files,
+    stale_temp_files,
+    unlock_run_dir,
+)
 from nashir.search.startnet import check_model_fits, start_network
 
 __all__ = [
@@ -186,11 +196,16 @@ def prepare_run_dir(run_dir: str | os.PathLike, resume: bool, force: bool) -> st
         )
     if p.exists() and not p.is_dir():
         raise SearchError(f"--out {p} is a file, not a folder; give a folder for the run")
-    empty = not p.exists() or not any(p.iterdir())
+    stale = stale_temp_files(p) if p.exists() else []
+    # a folder holding only the temp file of a ledger whose creation was killed counts as empty (the
+    # search that takes it removes the temp file, holding the folder's lock)
+    empty = not p.exists() or all(q in stale for q in p.iterdir())
     if empty:
         if resume:
+            left = (f"; it holds {', '.join(q.name for q in stale)}, left by a search killed while creating "
+                    "its ledger (a new run there removes it)") if stale else ""
             raise SearchError(
-                f"--resume: {p} holds no nashir run to resume (no {LEDGER_NAME}); "
+                f"--resume: {p} holds no nashir run to resume (no {LEDGER_NAME}){left}; "
                 "drop --resume to start a new run there"
             )
         return "create"
@@ -287,12 +302,17 @@ def _node_meta(graph: Graph) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _load_bytes(blob: bytes) -> Graph:
-    import onnx
-
+def _load_bytes(blob: bytes, label: str | None = None) -> Graph:
+    """The graph in ONNX bytes; ``label`` (a file of the run folder) is named when they do not import."""
     from nashir.backends.onnx import load
 
-    return load(onnx.load_model_from_string(blob))
+    try:
+        return load(bytes(blob))
+    except NashirError as e:
+        if label is None:
+            raise
+        raise SearchError(f"{label} does not load as a model ({e}); the run folder is damaged: restore the "
+                          "file, or start a new run") from None
 
 
 def _data_info(data) -> dict[str, Any]:
@@ -304,7 +324,19 @@ def _data_info(data) -> dict[str, Any]:
         "n_val": int(len(data.y_val)),
         "n_test": int(len(data.y_test)),
         "augment": bool(data.augment),
+        "sha256": data_fingerprint(data),
     }
+
+
+def data_fingerprint(data) -> str:
+    """SHA-256 over every split's images and labels (dtype, shape and bytes), so that ``--resume`` notices
+    a data set that changed even when its shapes did not."""
+    h = hashlib.sha256()
+    for part in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
+        a = np.ascontiguousarray(getattr(data, part))
+        h.update(f"{part}:{a.dtype.str}:{a.shape};".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
 
 
 def _ort_accuracy(path: Path, data, batch: int = 1024) -> float:
@@ -398,8 +430,8 @@ def nash(
     stored_start = run_path / "candidates" / "start.onnx"
     start_blob = None
     if model0 is None and action == "resume" and stored_start.is_file():
-        start_blob = stored_start.read_bytes()  # the very bytes of the run (no re-export)
-        model0 = _load_bytes(start_blob)
+        start_blob = _read_start(run_path, stored_start)  # the very bytes of the run (no re-export)
+        model0 = _load_bytes(start_blob, f"run folder {run_path}: candidates/start.onnx")
     if model0 is None:
         model0 = start_network(
             data.input_shape,
@@ -426,22 +458,37 @@ def nash(
         "start_sha256": hashlib.sha256(start_blob).hexdigest(),
     }
 
-    lock = None
-    if action in ("resume", "replace"):
-        lock = _lock_run(run_path)  # refuses while another search writes this run
+    lock = dir_lock = None
     try:
+        if tmp_holder is None:
+            # the folder's lock is taken before deciding again what to do with it, and held to the end:
+            # of two searches on one --out, the second is refused here and writes nothing
+            if action == "create":
+                run_path.mkdir(parents=True, exist_ok=True)
+            dir_lock = lock_run_dir(run_path)
+            try:
+                again = prepare_run_dir(run_path, resume, force)
+            except SearchError as e:
+                if action != "create":
+                    raise
+                raise SearchError(
+                    f"another nashir search started a run in {run_path} while this one was getting ready; "
+                    f"this one stops and wrote nothing ({e})"
+                ) from None
+            if again != action:  # pragma: no cover - the folder changed between the two decisions
+                raise SearchError(f"run folder {run_path} changed while this search was getting ready; "
+                                  "nothing was written: start it again")
+        if action in ("resume", "replace"):
+            lock = _lock_run(run_path)  # an older nashir locks the ledger file itself
         if action == "resume":
             ledger = Ledger.open(run_path)
-            diff = config_diff(ledger.config, stored_cfg)
-            if diff:
+            try:
+                _check_resumable(ledger, stored_cfg, run_path)   # before anything is written
+            except BaseException:
                 ledger.close()
-                raise SearchError(
-                    f"--resume: the run in {run_path} was made with another configuration; "
-                    "differing keys:\n  "
-                    + "\n  ".join(diff)
-                    + "\nResume with the run's own settings, or start a new run (--out)"
-                )
+                raise
         else:
+            remove_stale_temp_files(run_path)   # a killed creation's leftovers: no live creator (locked)
             if action == "replace":
                 _clear_run(run_path)
             ledger = Ledger.create(run_path, stored_cfg)
@@ -449,6 +496,7 @@ def nash(
             lock = _lock_run(run_path)
     except BaseException:
         _unlock(lock)
+        unlock_run_dir(dir_lock)
         raise
     own_executor = executor is None
     if executor is None:
@@ -480,10 +528,64 @@ def nash(
         log.close()
         ledger.close()
         _unlock(lock)
+        unlock_run_dir(dir_lock)
         if own_executor:
             executor.close()
         if tmp_holder is not None:
             tmp_holder.cleanup()
+
+
+def _read_start(run_path: Path, path: Path) -> bytes:
+    """The run's stored start model, refused unread when oversized and checked against the SHA-256 its
+    config records (a swapped or damaged file is named)."""
+    size = path.stat().st_size
+    if size > MAX_CANDIDATE_BYTES:
+        raise SearchError(f"run folder {run_path}: candidates/start.onnx is {size} bytes, too large for a "
+                          "model; the run folder is damaged")
+    blob = path.read_bytes()
+    with Ledger.open(run_path, readonly=True) as led:
+        want = led.config.get("start_sha256")
+    if want is not None and hashlib.sha256(blob).hexdigest() != want:
+        raise SearchError(
+            f"run folder {run_path}: candidates/start.onnx is not the start model this run recorded (its "
+            "SHA-256 differs from the ledger's); it was replaced or damaged: restore it, or start a new run"
+        )
+    return blob
+
+
+def _check_resumable(ledger: Ledger, stored_cfg: dict[str, Any], run_path: Path) -> None:
+    """Everything ``--resume`` relies on, checked before it writes anything: the same configuration and
+    data (fingerprint), ledger rows that decode, and every trained candidate's file (confined to the run
+    folder, hash as recorded)."""
+    cfg = ledger.config
+    given = dict(stored_cfg)
+    old_data = cfg.get("data")
+    if isinstance(old_data, dict) and "sha256" not in old_data and isinstance(given.get("data"), dict):
+        given["data"] = {k: v for k, v in given["data"].items() if k != "sha256"}   # a run made before it
+    diff = config_diff(cfg, given)
+    if diff and all(d.startswith("data:") for d in diff) and isinstance(old_data, dict):
+        new = given.get("data") or {}
+        keys = sorted(k for k in set(old_data) | set(new) if old_data.get(k) != new.get(k))
+        what = ("its contents (the SHA-256 fingerprint of the images and labels) differ"
+                if keys == ["sha256"] else f"{', '.join(keys)} differ")
+        raise SearchError(
+            f"--resume: the data set is not the one the run in {run_path} was made with: {what}; resume with "
+            "the run's own data, or start a new run (--out)"
+        )
+    if diff:
+        raise SearchError(
+            f"--resume: the run in {run_path} was made with another configuration; "
+            "differing keys:\n  "
+            + "\n  ".join(diff)
+            + "\nResume with the run's own settings, or start a new run (--out)"
+        )
+    rows = ledger.candidates()
+    ledger.steps()
+    for key in ("final", "test_acc_onnx"):
+        ledger.get_meta(key)
+    for r in rows:
+        if r["status"] == STATUS_OK and r.get("onnx"):
+            ledger.read_candidate_onnx(r["id"])
 
 
 def _drive(
@@ -552,13 +654,7 @@ def _drive(
         )
 
     def read_blob(cid: str) -> bytes:
-        row = ledger.candidate(cid)
-        if row is None or row["status"] != STATUS_OK or not row["onnx"]:
-            raise SearchError(f"ledger {ledger.path}: candidate {cid!r} has no trained model")
-        p = run_dir / row["onnx"]
-        if not p.is_file():
-            raise SearchError(f"run folder {run_dir}: {p} is missing; the run cannot be resumed from it")
-        return p.read_bytes()
+        return ledger.read_candidate_onnx(cid)   # confined to candidates/, hash checked
 
     tqdm = None
     if progress:
@@ -802,6 +898,15 @@ def search_passes(config: SearchConfig) -> list:
     return out
 
 
+def _jsonable(morphisms) -> list:
+    """``morphisms`` as the ledger can store them (JSON), whatever a misbehaving pass put in them."""
+    try:
+        return json.loads(json.dumps(list(morphisms), default=str))
+    except (TypeError, ValueError):
+        return [{"pass": str(m.get("pass")), "site": str(m.get("site"))} if isinstance(m, dict) else str(m)
+                for m in morphisms]
+
+
 def _run_step(
     step,
     best_id,
@@ -842,8 +947,9 @@ def _run_step(
             )
             child.verify()
             blob = model_bytes(child)
-        except NashirError as e:
+        except Exception as e:  # a misbehaving (plugin) pass, MemoryError included: this child fails
             reason = f"morphing failed: {type(e).__name__}: {e}"
+            applied = _jsonable(applied)
         note = getattr(applied, "note", None)
         if reason is None and not applied:
             reason = f"no morphism could be applied ({note or 'none applicable'})"

@@ -234,7 +234,7 @@ def load_run(run_dir: str | os.PathLike) -> dict[str, Any]:
     if not run_dir.is_dir():
         raise SearchError(f"{run_dir} is not a folder; give the --out folder of a nashir search")
     with Ledger.open(run_dir, readonly=True) as led:
-        return {
+        run = {
             "run_dir": run_dir,
             "config": led.config,
             "candidates": led.candidates(),
@@ -242,6 +242,10 @@ def load_run(run_dir: str | os.PathLike) -> dict[str, Any]:
             "final": led.get_meta("final"),
             "state": led.get_meta("state"),
         }
+    if run["final"] is not None and not isinstance(run["final"], dict):
+        raise SearchError(f"ledger {run_dir / 'ledger.sqlite'}: meta key 'final' is a JSON "
+                          f"{type(run['final']).__name__}, expected an object; the ledger is damaged")
+    return run
 
 
 def final_curve(run: dict[str, Any]) -> list[dict[str, Any]]:
