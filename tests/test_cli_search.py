@@ -561,3 +561,81 @@ def test_read_only_run_on_resume_force_and_report(capsys, run_dir, tmp_path):
         _refused(capsys, run, ["report", str(run)], "not writable")
     finally:
         os.chmod(run, 0o755)
+
+
+# ------------------------------------------------------------------ plugins and --input-shape
+
+
+@pytest.fixture
+def search_plugins(tmp_path, monkeypatch):
+    from nashir.passes import base as B
+
+    saved, src = dict(B._REGISTRY), dict(B._SOURCES)
+    (tmp_path / "nashir_search_badplugins.py").write_text(
+        "from nashir.passes import register_pass\n"
+        "from nashir.passes.net2deeper import Net2Deeper\n"
+        "@register_pass\n"
+        "class SitesBoom(Net2Deeper):\n"
+        "    name = 'sites-boom'\n"
+        "    def sites(self, graph):\n"
+        "        raise ZeroDivisionError('sites broke')\n"
+        "@register_pass\n"
+        "class InfoBoom(Net2Deeper):\n"
+        "    name = 'info-boom'\n"
+        "    def apply(self, graph, site, rng):\n"
+        "        res = super().apply(graph, site, rng)\n"
+        "        res.info['handle'] = object()\n"
+        "        return res\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    sys.modules.pop("nashir_search_badplugins", None)
+    B._REGISTRY.clear()
+    B._REGISTRY.update(saved)
+    B._SOURCES.clear()
+    B._SOURCES.update(src)
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("sites-boom", "pass 'sites-boom': sites() raised ZeroDivisionError: sites broke"),
+    ("info-boom", "returned info that is not JSON-serialisable"),
+])
+def test_a_misbehaving_plugin_pass_is_a_failed_child(capsys, tmp_path, search_plugins, name, reason):
+    out = tmp_path / "run"
+    argv = ["search", "--plugin", "nashir_search_badplugins", "--passes", name, "--steps", "1", "--neighbors",
+            "3", "--morphs", "1", "--epochs-neighbor", "1", "--epochs-init", "0", "--epochs-final", "0",
+            "--widths", "4,8,8", "--device", "cpu", "--out", str(out), "--quiet"]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 0, err
+    con = sqlite3.connect(out / "ledger.sqlite")
+    rows = con.execute("SELECT status, reason FROM candidates WHERE kind = 'child'").fetchall()
+    state = con.execute("SELECT value FROM meta WHERE key = 'state'").fetchone()[0]
+    con.close()
+    assert len(rows) == 2 and all(s == "failed" and reason in r for s, r in rows), rows
+    assert state != "running"
+
+
+def test_search_without_plugin_suggests_it(capsys, tmp_path):
+    _fails(capsys, ["search", "--passes", "sites-boom", "--out", str(tmp_path / "r")], "--plugin MODULE")
+
+
+def test_init_with_input_shape(capsys, tmp_path):
+    import onnx
+
+    from nashir.backends.onnx import model_bytes
+    from nashir.search.startnet import start_network
+
+    m = onnx.load_from_string(model_bytes(start_network((1, 8, 8), 10, (4, 8, 8))))
+    for d, name in zip(m.graph.input[0].type.tensor_type.shape.dim[2:], ("h", "w")):
+        d.ClearField("dim_value")
+        d.dim_param = name
+    init = tmp_path / "sym.onnx"
+    init.write_bytes(m.SerializeToString())
+    base = ["search", "--steps", "0", "--epochs-final", "0", "--device", "cpu", "--init", str(init),
+            "--quiet"]
+    _fails(capsys, [*base, "--out", str(tmp_path / "a")], "--input-shape")
+    assert main([*base, "--input-shape", "1,8,8", "--out", str(tmp_path / "b")]) == 0
+    _fails(capsys, ["search", "--input-shape", "1,8,8", "--out", str(tmp_path / "c")], "give --init")
+    _fails(capsys, [*base, "--input-shape", "1,x,8", "--out", str(tmp_path / "d")], "--input-shape '1,x,8'")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "sym.onnx"]

@@ -445,3 +445,12 @@ def test_meta_values_that_are_not_json(tmp_path):
         assert led.get_meta("state") == "running"          # a plain-text key
         with pytest.raises(SearchError, match=r"meta key 'final' holds '\{oops', which is not JSON"):
             led.get_meta("final")
+
+
+@pytest.mark.parametrize("column, value", [("morphisms", "{}"), ("history", "5"), ("metrics", "[1]")])
+def test_json_columns_of_the_wrong_kind(tmp_path, column, value):
+    run = _run_with_candidate(tmp_path)
+    _sql(run, f"UPDATE candidates SET {column} = '{value}' WHERE id = 's1-c1'")
+    with Ledger.open(run, readonly=True) as led:
+        with pytest.raises(SearchError, match=rf"candidate 's1-c1' has a corrupt '{column}' column \(a JSON"):
+            led.candidates()
