@@ -130,12 +130,9 @@ def growth(graph, pname, p, site) -> int:
         flow = channel_flow(graph, site.node)
         q = type(p)(factor=max(p.factors)).target_width(flow.width, None, flow.groups)
         return wider_growth(flow, q)
-    if pname == "net2deeper":
+    if pname == "net2deeper":   # the largest kernel it may draw there
         v = graph.find_value(site.value)
-        c = int(v.shape[1])
-        k = max(p.kernels)
-        core = c * c * k ** (len(v.shape) - 2) if len(v.shape) > 2 else c * c + c
-        return core + 4 * c
+        return p.new_params(v, max(p.kernels_within(graph, v)))
     if pname == "widen-kernel":
         w = _w(graph.node(site.node))
         grown = [k + 2 * b for k, b in zip(w.shape[2:], p.grow(w.shape[2:]))]
@@ -201,7 +198,8 @@ def analyse(name: str, morph: bool = True, max_check: int = 2_000_000) -> dict:
             if small and pname != "net2wider":
                 gs, ss = min(small, key=lambda t: t[0])
                 g2 = g.clone()
-                p2 = get_pass(pname, kernel=max(p.kernels)) if pname == "net2deeper" else p
+                v = g.find_value(str(ss)) if pname == "net2deeper" else None
+                p2 = get_pass(pname, kernel=max(p.kernels_within(g, v))) if pname == "net2deeper" else p
                 p2.apply(g2, ss, rng)
                 entry["growth_checked"] = g2.param_count() - g.param_count() == gs
         if morph and sites:

@@ -576,13 +576,15 @@ def is_nonneg(graph: Graph, value: Value | str) -> bool:
 
 #: The least number of parameters one morph that adds a layer may always add (:func:`new_params_bound`).
 MIN_NEW_PARAMS = 2**20
-#: The share of the graph's parameters such a morph may add when that is more than MIN_NEW_PARAMS.
-NEW_PARAMS_SHARE = 0.25
+#: The share of the graph's parameters such a morph may add when that is more than MIN_NEW_PARAMS:
+#: one morph at most doubles the model.
+NEW_PARAMS_SHARE = 1.0
 
 
 def new_params_bound(graph: Graph, max_new_params: int | None = None) -> int:
     """The most parameters one layer-adding morph (net2deeper, add-skip, concat-skip) may add:
-    ``max_new_params`` when given, else ``max(2**20, params(graph) / 4)``. It keeps sites such as
+    ``max_new_params`` when given, else ``max(2**20, params(graph))``: one morph at most doubles
+    the model (or adds a million parameters to a small one). It keeps sites such as
     an identity Gemm on a flattened 512 x 7 x 7 map (25088^2 = 629 M parameters on VGG-11-BN) or
     a square concat-skip projection from it out of the ordinary sites; the passes check it from
     shapes, before any array is made."""

@@ -73,8 +73,9 @@ class Net2Deeper(Pass):
             unless known non-negative).
         eps: BatchNorm epsilon.
         max_new_params: the most parameters the inserted layer may add (:meth:`new_params`, from
-            shapes, before anything is made); default ``max(2**20, params(graph) / 4)``
-            (:func:`~nashir.passes.analysis.new_params_bound`). Larger sites are not applicable.
+            shapes, before anything is made); default ``max(2**20, params(graph))``
+            (:func:`~nashir.passes.analysis.new_params_bound`). The kernel is drawn among those
+            within it; a value where even the smallest is over is not a site.
 
     Raises:
         PassError: an even or non-positive kernel, or an unknown ``relu`` mode.
@@ -101,14 +102,20 @@ class Net2Deeper(Pass):
             raise PassError(f"net2deeper: max_new_params must be a positive integer, got {max_new_params!r}")
         self.max_new_params = None if max_new_params is None else int(max_new_params)
 
-    def new_params(self, v: Value) -> int:
-        """Parameters the inserted layer adds after ``v`` with the largest kernel it may draw:
-        ``C^2 k^s`` (Conv, ``s`` spatial axes) or ``F^2 + F`` (Gemm with bias), plus 4 per channel
-        for the BatchNormalization."""
+    def new_params(self, v: Value, kernel: int | None = None) -> int:
+        """Parameters the inserted layer adds after ``v`` with kernel ``kernel`` (default: the
+        configured one, else the smallest it may draw): ``C^2 k^s`` (Conv, ``s`` spatial axes) or
+        ``F^2 + F`` (Gemm with bias), plus 4 per channel for the BatchNormalization."""
         c = int(v.shape[1])
-        k = self.kernel if self.kernel is not None else max(self.kernels)
+        k = kernel or self.kernel or min(self.kernels)
         core = c * c * k ** (len(v.shape) - 2) if len(v.shape) > 2 else c * c + c
         return core + (4 * c if self.batchnorm else 0)
+
+    def kernels_within(self, graph: Graph, v: Value, bound: int | None = None) -> list[int]:
+        """The kernels this pass may use after ``v`` within the size bound (the draw is among them)."""
+        bound = new_params_bound(graph, self.max_new_params) if bound is None else bound
+        ks = [self.kernel] if self.kernel is not None else list(self.kernels)
+        return [k for k in ks if self.new_params(v, k) <= bound]
 
     def _size_reason(self, graph: Graph, v: Value, bound: int | None = None) -> str | None:
         bound = new_params_bound(graph, self.max_new_params) if bound is None else bound
@@ -147,7 +154,11 @@ class Net2Deeper(Pass):
         info: dict = {"after": v.name}
         if len(v.shape) > 2:
             nsp = len(v.shape) - 2
-            k = self.kernel if self.kernel is not None else self.kernels[int(rng.integers(len(self.kernels)))]
+            if self.kernel is not None:
+                k = self.kernel
+            else:   # drawn among the kernels within the size bound (check() made sure there is one)
+                ks = self.kernels_within(graph, v) or list(self.kernels)
+                k = ks[int(rng.integers(len(ks)))]
             name = graph.auto_node_name("Conv")
             w = graph.add_const(identity_conv_weight(c, k if nsp == 2 else [k] * nsp), f"{name}.weight")
             p = (k - 1) // 2

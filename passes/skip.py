@@ -147,7 +147,7 @@ class _Skip(Pass):
 
     def bound(self, graph: Graph) -> int:
         """The most parameters one skip may add to ``graph``: ``max_new_params``, by default
-        ``max(MIN_NEW_PARAMS, NEW_PARAMS_SHARE * params(graph))`` = ``max(2**20, params / 4)``."""
+        ``max(MIN_NEW_PARAMS, NEW_PARAMS_SHARE * params(graph))`` = ``max(2**20, params)``."""
         return new_params_bound(graph, self.max_new_params)
 
     def _resolve(self, graph: Graph, site: SkipSite) -> tuple[Value, Value] | str:
@@ -281,10 +281,10 @@ class ConcatSkip(_Skip):
     **Size bound.** The new layer has ``m = min(C_a, C_b)`` channels by default (a skip at most
     doubles ``b``'s width), fewer when the parameters the morph adds, ``m * c`` with ``c`` from
     :func:`_new_params_per_channel`, would exceed ``max_new_params`` (default
-    ``max(2**20, params(graph) / 4)``): then ``m = floor(max_new_params / c)``, and the site is not
-    applicable when that is 0. An explicit ``channels`` is never reduced: over the bound, the site
-    is not applicable. The bound is checked from shapes before any array is made; weights are
-    drawn directly in float32.
+    ``max(2**20, params(graph))``: one morph at most doubles the model): then
+    ``m = floor(max_new_params / c)``, and the site is not applicable when that is 0. An explicit
+    ``channels`` is never reduced: over the bound, the site is not applicable. The bound is checked
+    from shapes before any array is made; weights are drawn directly in float32.
 
     Args:
         pool: ``"avg"`` or ``"max"``.

@@ -190,5 +190,20 @@ def test_an_identity_layer_over_the_size_bound_is_not_a_site():
     assert "over the bound of 1,048,576" in reason
     with pytest.raises(NotApplicable, match="over the bound"):
         p.apply(g.clone(), ValueSite("flat"))
-    assert p.new_params(g.value("r")) == 64 * 64 * 25 + 4 * 64   # the largest kernel drawn, 5x5
+    assert p.new_params(g.value("r")) == 64 * 64 * 9 + 4 * 64   # the smallest kernel it may draw, 3x3
+    assert p.new_params(g.value("r"), 5) == 64 * 64 * 25 + 4 * 64
     assert get_pass("net2deeper", max_new_params=4 * 10**9).check(g, ValueSite("flat")) is None
+
+
+def test_the_kernel_is_drawn_among_those_within_the_bound():
+    b = GraphBuilder("k", (3, 6, 6), seed=0)
+    r = b.relu(b.conv(b.input, 64, name="c"), name="r")
+    g = b.build(b.gemm(b.flatten(b.global_avgpool(r)), 2, name="fc"))
+    cost3, cost5 = 64 * 64 * 9 + 256, 64 * 64 * 25 + 256
+    p = get_pass("net2deeper", max_new_params=cost3)
+    assert p.kernels_within(g, g.value("r")) == [3]
+    for seed in range(6):   # 5x5 would be over the bound: never drawn
+        _, res = deepen(g, "r", seed=seed, max_new_params=cost3)
+        assert res.info["kernel"] == 3
+    assert get_pass("net2deeper", max_new_params=cost5).kernels_within(g, g.value("r")) == [3, 5]
+    assert "over the bound" in get_pass("net2deeper", max_new_params=cost3 - 1).check(g, ValueSite("r"))
