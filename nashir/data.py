@@ -819,6 +819,10 @@ def _check_x(path: Path, key: str, x: np.ndarray) -> np.ndarray:
     )
 
 
+#: Most classes a data set may have (the classifier is sized by the largest label + 1).
+MAX_CLASSES = 100_000
+
+
 def _check_y(path: Path, key: str, y: np.ndarray, n: int, xkey: str) -> np.ndarray:
     if y.ndim != 1:
         raise DataError(f"{path}: array {key!r} has shape {y.shape}; expected 1-D (N,) integer class labels")
@@ -828,18 +832,86 @@ def _check_y(path: Path, key: str, y: np.ndarray, n: int, xkey: str) -> np.ndarr
         raise DataError(f"{path}: {key!r} has {len(y)} labels but {xkey!r} has {n} images; they must match")
     if len(y) and y.min() < 0:
         raise DataError(f"{path}: {key!r} has negative labels (min {y.min()}); expected 0..K-1")
+    if len(y) and int(y.max()) >= MAX_CLASSES:
+        raise DataError(
+            f"{path}: {key!r} has label {int(y.max())}, which would make {int(y.max()) + 1:,} classes, "
+            f"above nashir's cap of {MAX_CLASSES:,} (nashir.data.MAX_CLASSES); labels must be class numbers "
+            "0..K-1: renumber them"
+        )
     return y.astype(np.int64)
 
 
-def _load_npz(path: Path, seed: int) -> Dataset:
-    if not path.is_file():
+def _check_classes(path: Path, labels: list[np.ndarray]) -> int:
+    """The class count (largest label + 1), checked against the labels present: most of 0..K-1 must
+    occur, so that one stray label cannot size the classifier."""
+    present = np.unique(np.concatenate([a for a in labels if len(a)]))
+    k = int(present.max()) + 1
+    if len(present) < 2:
+        raise DataError(f"{path}: every label is {int(present[0])}; a classifier needs at least 2 classes")
+    if len(present) * 2 < k:
         raise DataError(
-            f"npz file {str(path)!r} not found; expected a .npz with arrays x (N, C, H, W) and y (N,) "
-            "(optionally x_val, y_val, x_test, y_test), written e.g. by np.savez(path, x=x, y=y)"
+            f"{path}: the labels go up to {k - 1}, so there would be {k:,} classes, but only {len(present)} "
+            f"distinct labels occur ({', '.join(str(int(v)) for v in present[-3:])} are the largest); labels "
+            "must be class numbers 0..K-1 with most classes present: renumber them"
         )
+    return k
+
+
+def _memory_bytes() -> int | None:
+    """Physical memory of this machine in bytes (None when the OS does not say)."""
+    import os
+
     try:
-        with np.load(path, allow_pickle=False) as z:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _npz_sizes(path: Path, z) -> int:
+    """Bytes the archive's arrays will take once read, from their .npy headers (nothing is decompressed),
+    so that a small compressed file cannot make nashir allocate more than the machine has."""
+    total = 0
+    fmt = np.lib.format
+    for name in z.zip.namelist():
+        if not name.endswith(".npy"):
+            continue
+        with z.zip.open(name) as f:
+            version = fmt.read_magic(f)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = read(f)
+        total += int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize
+    return total
+
+
+def _load_npz(path: Path, seed: int) -> Dataset:
+    usage = ("expected a .npz with arrays x (N, C, H, W) and y (N,) (optionally x_val, y_val, x_test, "
+             "y_test), written e.g. by np.savez(path, x=x, y=y)")
+    if path.is_dir():
+        raise DataError(f"npz:{path} is a folder; give the path of a .npz file ({usage})")
+    if not path.is_file():
+        raise DataError(f"npz file {str(path)!r} not found; {usage}")
+    try:
+        z = np.load(path, allow_pickle=False, mmap_mode=None)
+    except Exception as e:
+        raise DataError(
+            f"{path}: could not read as an .npz archive of plain arrays: {type(e).__name__}: {e}"
+        ) from e
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        kind = f"a single .npy array of shape {getattr(z, 'shape', '?')}" if isinstance(z, np.ndarray) else \
+            type(z).__name__
+        raise DataError(f"{path} is {kind}, not an .npz archive; {usage}")
+    try:
+        with z:
+            need = _npz_sizes(path, z)
+            have = _memory_bytes()
+            if have is not None and need > have:
+                raise DataError(
+                    f"{path}: its arrays would take {need / 2**30:.1f} GiB once read, more than this "
+                    f"machine's {have / 2**30:.1f} GiB of memory; use a smaller data set"
+                )
             arrays = {k: z[k] for k in z.files}
+    except DataError:
+        raise
     except Exception as e:
         raise DataError(
             f"{path}: could not read as an .npz archive of plain arrays: {type(e).__name__}: {e}"
@@ -888,7 +960,7 @@ def _load_npz(path: Path, seed: int) -> Dataset:
     if len(idx) == 0:
         raise DataError(f"{path}: no training images left after the split")
     x_tr, y_tr = x[idx], y[idx]
-    num_classes = int(max(int(a.max()) for a in (y_tr, parts["val"][1], parts["test"][1]) if len(a))) + 1
+    num_classes = _check_classes(path, [y_tr, parts["val"][1], parts["test"][1]])
     return _make(
         f"npz:{path}", x_tr, y_tr, *parts["val"], *parts["test"], num_classes=num_classes, augment=False
     )

@@ -650,3 +650,67 @@ def test_real_fashion_mnist_files_when_installed():
     assert counts.tolist() == [6000] * 10
     assert np.bincount(ds.y_test, minlength=10).tolist() == [1000] * 10
     assert ds.mean[0] == pytest.approx(72.94, abs=0.5)  # 0.286 * 255 over the 60 000: ~72.9
+
+
+# ------------------------------------------------------------------ npz input sized by its claims
+
+
+def _labels(n, y):
+    return dict(x=np.zeros((n, 1, 4, 4), np.uint8), y=np.asarray(y, np.int64))
+
+
+@pytest.mark.parametrize("y, match", [
+    (np.r_[np.arange(40) % 4, [10**12]], r"label 1000000000000, which would make 1,000,000,000,001 classes, "
+                                         r"above nashir's cap of 100,000"),
+    (np.r_[np.arange(40) % 4, [5000]], r"labels go up to 5000, so there would be 5,001 classes, but only 5 "
+                                       r"distinct labels occur"),
+    (np.zeros(40), r"every label is 0; a classifier needs at least 2 classes"),
+    (np.full(40, np.iinfo(np.int64).max), r"above nashir's cap"),
+])
+def test_npz_class_count_is_bounded_and_checked(tmp_path, y, match):
+    p = _npz(tmp_path, **_labels(len(y), y))
+    with pytest.raises(DataError, match=match):
+        load_dataset(f"npz:{p}")
+
+
+def test_npz_uint64_labels_above_int64(tmp_path):
+    y = np.arange(40, dtype=np.uint64) % 4
+    y[-1] = 2**64 - 1
+    p = _npz(tmp_path, x=np.zeros((40, 1, 4, 4), np.uint8), y=y)
+    with pytest.raises(DataError, match=r"above nashir's cap"):
+        load_dataset(f"npz:{p}")
+
+
+def test_npz_folder_and_npy_and_missing(tmp_path):
+    with pytest.raises(DataError, match=r"npz:.*\bd is a folder; give the path of a \.npz file"):
+        (tmp_path / "d").mkdir()
+        load_dataset(f"npz:{tmp_path / 'd'}")
+    np.save(tmp_path / "x.npy", np.zeros((3, 1, 4, 4), np.uint8))
+    with pytest.raises(DataError, match=r"x\.npy is a single \.npy array of shape \(3, 1, 4, 4\), not an "):
+        load_dataset(f"npz:{tmp_path / 'x.npy'}")
+    with pytest.raises(DataError, match=r"not found"):
+        load_dataset(f"npz:{tmp_path / 'absent.npz'}")
+
+
+def test_npz_whose_arrays_claim_more_than_the_machine_has(tmp_path):
+    """A 200-byte archive whose x.npy header claims 2**50 bytes: refused from the header, nothing read."""
+    import zipfile
+
+    p = tmp_path / "bomb.npz"
+    header = io_npy_header((2**40, 1, 32, 32), np.uint8)
+    with zipfile.ZipFile(p, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("x.npy", header + b"\0" * 64)
+        zf.writestr("y.npy", io_npy_header((3,), np.int64) + np.zeros(3, np.int64).tobytes())
+    assert p.stat().st_size < 4096
+    msg = r"bomb\.npz: its arrays would take \d+\.\d GiB once read, more than this machine's [\d.]+ GiB"
+    with pytest.raises(DataError, match=msg):
+        load_dataset(f"npz:{p}")
+
+
+def io_npy_header(shape, dtype) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": np.dtype(dtype).str, "fortran_order": False,
+                                               "shape": shape})
+    return buf.getvalue()
