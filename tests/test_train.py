@@ -342,11 +342,64 @@ def test_nan_raises_training_diverged(digits):
     assert "epoch 1, step 2" in str(ei.value)
     assert isinstance(ei.value, NashirError)
     m0 = NaNAfter(0)
-    w = m0.lin.weight.detach().clone()
     with pytest.raises(TrainingDiverged) as ei:
-        train_module(m0, digits, TrainConfig(epochs=1))
+        train_module(m0, digits, TrainConfig(epochs=2))
+    # the losses are read once per epoch: the first NaN is found (and named) at the end of epoch 0
     assert (ei.value.epoch, ei.value.step) == (0, 0)
-    assert torch.equal(m0.lin.weight, w)  # raised before any update
+    assert m0.calls == spe
+
+
+def _count_syncs(monkeypatch) -> list[str]:
+    """Count the device -> host reads (Tensor.item / tolist) made from now on."""
+    calls: list[str] = []
+    item, tolist = torch.Tensor.item, torch.Tensor.tolist
+
+    def counted_item(t):
+        calls.append("item")
+        return item(t)
+
+    def counted_tolist(t):
+        calls.append("tolist")
+        return tolist(t)
+
+    monkeypatch.setattr(torch.Tensor, "item", counted_item)
+    monkeypatch.setattr(torch.Tensor, "tolist", counted_tolist)
+    return calls
+
+
+@pytest.mark.parametrize("batch_size", [16, 128])
+def test_no_host_sync_per_step(digits, monkeypatch, batch_size):
+    # 68 or 9 steps per epoch: the number of reads depends on the epochs only
+    calls = _count_syncs(monkeypatch)
+    train_module(mlp(), digits, TrainConfig(epochs=3, batch_size=batch_size, threads=1))
+    assert len(calls) == 1 + 3 * 3, calls   # weights' finiteness once; per epoch: losses, weights, val
+
+
+def test_progress_bar_reads_the_loss_at_most_once_per_interval(digits, monkeypatch):
+    import nashir.backends.torch.sgdr as sgdr
+
+    monkeypatch.setattr(sgdr, "PROGRESS_INTERVAL", 3600.0)
+    calls = _count_syncs(monkeypatch)
+    train_module(mlp(), digits, TrainConfig(epochs=2, batch_size=16, progress=True, threads=1))
+    assert len(calls) == 1 + 2 * 4, calls   # + the last step's loss of each epoch for the bar
+
+
+def test_cuda_flags_turn_cudnn_benchmark_on_for_cuda_only():
+    from nashir.backends.torch.sgdr import cuda_flags
+
+    old = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        with cuda_flags(torch.device("cpu")):
+            assert torch.backends.cudnn.benchmark is False
+        with cuda_flags(torch.device("cuda")):   # setting the flag needs no GPU
+            assert torch.backends.cudnn.benchmark is True
+        assert torch.backends.cudnn.benchmark is False
+        with pytest.raises(ZeroDivisionError), cuda_flags(torch.device("cuda", 0)):
+            1 / 0
+        assert torch.backends.cudnn.benchmark is False
+    finally:
+        torch.backends.cudnn.benchmark = old
 
 
 def test_on_first_batch_called_once_before_first_step(digits):

@@ -13,6 +13,7 @@ module it built.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +30,7 @@ __all__ = [
     "TrainConfigError",
     "TrainConfig",
     "PRECISIONS",
+    "COMPILE_MODES",
     "use_bf16",
     "resolve_device",
     "sgdr_lr",
@@ -39,11 +41,16 @@ __all__ = [
     "DeviceData",
     "train_module",
     "evaluate_module",
+    "cuda_flags",
+    "PROGRESS_INTERVAL",
 ]
 
 
 #: Values of :attr:`TrainConfig.precision`.
 PRECISIONS = ("auto", "fp32", "bf16")
+
+#: Values of :attr:`TrainConfig.compile_mode` (``torch.compile`` modes).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
@@ -93,6 +100,14 @@ class TrainConfig:
             (autocast of the forward pass to bfloat16, weights and optimizer state stay float32;
             on CPU it pays where the processor has native bf16 units, AMX or AVX512-BF16, and is
             slow elsewhere). With bf16 the tensors are channels_last (NHWC in memory).
+        compile: Run the full-size training batches through ``torch.compile(module)``. The
+            compilation (tens of seconds on CPU, several on CUDA; the first epoch pays it) is
+            worth it only when it is small against the training it speeds up: long trainings
+            (final training, large data sets), not a few short epochs per candidate. See
+            docs/training.md for the measured break-even.
+        compile_mode: ``torch.compile``'s mode: ``"default"``, ``"reduce-overhead"`` (CUDA
+            graphs: removes the per-kernel launch cost of small networks on a GPU) or
+            ``"max-autotune"``.
 
     Raises:
         TrainConfigError: On construction, for any out-of-range value (the message names it).
@@ -116,6 +131,8 @@ class TrainConfig:
     eval_split: str | None = "val"
     warmup_epochs: float = 0.0
     precision: str = "auto"
+    compile: bool = False
+    compile_mode: str = "default"
 
     def __post_init__(self) -> None:
         def bad(field: str, expected: str) -> TrainConfigError:
@@ -162,6 +179,10 @@ class TrainConfig:
             raise bad("warmup_epochs", "a finite number of epochs >= 0")
         if self.precision not in PRECISIONS:
             raise bad("precision", f"one of {', '.join(PRECISIONS)}")
+        if not isinstance(self.compile, (bool, np.bool_)):
+            raise bad("compile", "True or False")
+        if self.compile_mode not in COMPILE_MODES:
+            raise bad("compile_mode", f"one of {', '.join(COMPILE_MODES)}")
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -495,6 +516,36 @@ def _check_finite_state(tensors: list[torch.Tensor], epoch: int, step: int, lr: 
         )
 
 
+#: Seconds between two refreshes of a training progress bar; each refresh reads one loss from the
+#: device (a host sync), so the bar costs at most a couple of syncs per second, not one per step.
+PROGRESS_INTERVAL = 0.5
+
+
+@contextlib.contextmanager
+def cuda_flags(device: torch.device) -> Iterator[None]:
+    """On a CUDA device, ``torch.backends.cudnn.benchmark = True`` for the duration (cuDNN times
+    its convolution algorithms once per input shape and keeps the fastest; the batch shape is fixed
+    within a call, so this pays after the first step); the previous value is restored afterwards.
+    Does nothing on other devices (CPU runs stay bitwise repeatable)."""
+    if device.type != "cuda":
+        yield
+        return
+    old = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = old
+
+
+def _first_nonfinite(values: list[float]) -> int | None:
+    """Index of the first NaN or infinite entry of ``values``, or None."""
+    for k, v in enumerate(values):
+        if not math.isfinite(v):
+            return k
+    return None
+
+
 def _evaluate(
     module: torch.nn.Module, dd: DeviceData, num_classes: int, batch_size: int, bf16: bool | None = None
 ) -> tuple[float, float]:
@@ -516,7 +567,8 @@ def _evaluate(
     finally:
         module.train(was_training)
     n = len(dd)
-    return correct.item() / n, loss_sum.item() / n
+    c, loss = torch.stack([correct.double(), loss_sum.double()]).tolist()   # the one host sync
+    return int(c) / n, loss / n
 
 
 def evaluate_module(
@@ -569,10 +621,25 @@ def evaluate_module(
         module.to(memory_format=torch.channels_last)
     dd = DeviceData(data, split, dev)
     try:
-        return _evaluate(module, dd, data.num_classes, batch_size, bf16)
+        with cuda_flags(dev):
+            return _evaluate(module, dd, data.num_classes, batch_size, bf16)
     finally:
         if bf16:
             module.to(memory_format=torch.contiguous_format)
+
+
+def _compiled(module: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module | None:
+    """``torch.compile(module)`` when ``cfg.compile`` (None otherwise); compiled lazily on its first
+    call. Raises BackendError when torch cannot compile at all."""
+    if not cfg.compile:
+        return None
+    try:
+        return torch.compile(module, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
+    except (RuntimeError, ValueError) as e:
+        raise BackendError(
+            f"torch.compile (compile_mode={cfg.compile_mode!r}) is not available here: {type(e).__name__}: "
+            f"{e}; train without --compile"
+        ) from e
 
 
 def train_module(
@@ -588,8 +655,17 @@ def train_module(
     1711.04528, Sec. 4). Loss: cross-entropy on the logits. The training split lives on the device
     as one tensor (:class:`DeviceData`); batches are normalised and, when ``data.augment``,
     augmented on the device. With bf16 (``cfg.precision``; by default on CUDA) the forward pass
-    runs under bf16 autocast with channels_last tensors; on CPU the run is deterministic for
-    ``cfg.seed`` (given the same thread count and precision).
+    runs under bf16 autocast with channels_last tensors; on CUDA ``cudnn.benchmark`` is on for the
+    call (:func:`cuda_flags`); on CPU the run is deterministic for ``cfg.seed`` (given the same
+    thread count and precision). With ``cfg.compile`` the full-size training batches run through
+    ``torch.compile(module)`` (compiled on the first one); the last, smaller batch of an epoch, the
+    first-batch callback and the evaluation run the module itself, so that one compilation serves
+    the call.
+
+    No host-device synchronisation per step: each step's loss is written into a device tensor of
+    the epoch's losses and the correct predictions are summed on the device; both are read once at
+    the end of the epoch (one sync), where divergence is checked. A progress bar reads one loss at
+    most every :data:`PROGRESS_INTERVAL` seconds.
 
     Side effects: the module is moved to the device and left there (in train mode, default memory
     format); ``torch.manual_seed(cfg.seed)`` reseeds torch's global RNG; ``cfg.threads`` is applied
@@ -611,14 +687,15 @@ def train_module(
         epoch's images), ``train_acc`` (on the augmented training batches, in [0, 1]), ``val_acc``
         (accuracy on ``cfg.eval_split`` after the epoch, None if ``eval_split`` is None), ``lr``
         (the rate of the epoch's last iteration), ``seconds`` (wall time of the epoch, including
-        evaluation).
+        evaluation and, in the first epoch, a ``torch.compile``).
 
     Raises:
-        TrainingDiverged: The loss of an iteration is NaN or infinite (raised before that step's
-            update), or after an epoch a parameter / buffer is not finite or the ``eval_split``
-            loss is NaN or infinite (the last update overflowed); ``epoch`` and ``step`` (0-based,
-            step within the epoch) say where.
-        BackendError: The module's output is not (B, num_classes).
+        TrainingDiverged: The loss of an iteration is NaN or infinite, or after an epoch a
+            parameter / buffer is not finite or the ``eval_split`` loss is NaN or infinite (the last
+            update overflowed); ``epoch`` and ``step`` (0-based, step within the epoch) say where.
+            It is raised at the end of that epoch (the losses are read once per epoch), so the
+            epoch's later steps ran on non-finite values and the module's weights are not usable.
+        BackendError: The module's output is not (B, num_classes), or ``torch.compile`` failed.
         DataError: Unknown or empty split.
         TrainConfigError: Bad device.
     """
@@ -630,113 +707,131 @@ def train_module(
         torch.set_num_threads(cfg.threads)
     bf16 = use_bf16(cfg.precision, device)
     try:
-        torch.manual_seed(cfg.seed)
-        module.to(device)
-        if bf16:
-            module.to(memory_format=torch.channels_last)
-        train_dd = DeviceData(data, cfg.train_split, device, augment=data.augment, seed=cfg.seed)
-        eval_dd = DeviceData(data, cfg.eval_split, device) if cfg.eval_split is not None else None
-        watched = _finite_tensors(module)
-        params = [p for p in module.parameters() if p.requires_grad]
-        if not params:
-            raise BackendError("train_module: the module has no trainable parameters")
-        opt: torch.optim.SGD | None = None  # built after on_first_batch, which may touch params
-        spe = train_dd.num_batches(cfg.batch_size, shuffle=True)
-        history: list[dict] = []
-        step = 0
-        first = True
-        for epoch in range(cfg.epochs):
-            t0 = time.perf_counter()
-            module.train()
-            loss_sum = 0.0
-            correct = torch.zeros((), dtype=torch.int64, device=device)
-            bar = None
-            if cfg.progress:
-                from tqdm.auto import tqdm
-
-                bar = tqdm(total=spe, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, unit="batch")
-            lr = cfg.lr_start
-            try:
-                for i, (xb, yb) in enumerate(train_dd.batches(cfg.batch_size, shuffle=True)):
-                    if bf16 and xb.ndim == 4:
-                        xb = xb.contiguous(memory_format=torch.channels_last)
-                    if first:
-                        first = False
-                        if on_first_batch is not None:
-                            try:
-                                on_first_batch(module, xb)
-                            except (RuntimeError, ValueError) as e:
-                                raise BackendError(
-                                    f"the first-batch callback (BatchNorm calibration) failed on a batch "
-                                    f"of {xb.shape[0]} images: {type(e).__name__}: {e}"
-                                ) from e
-                            module.train()
-                        opt = torch.optim.SGD(
-                            [p for p in module.parameters() if p.requires_grad],
-                            lr=cfg.lr_start,
-                            momentum=cfg.momentum,
-                            nesterov=cfg.nesterov,
-                            weight_decay=cfg.weight_decay,
-                        )
-                    lr = sgdr_lr(step, spe, cfg)
-                    for g in opt.param_groups:
-                        g["lr"] = lr
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                        out = _forward(module, xb, epoch, i)
-                    _check_logits(out, data.num_classes, xb.shape[0])
-                    out = out.float()
-                    loss = F.cross_entropy(out, yb)
-                    loss_val = loss.item()  # one sync per step: divergence is caught at once
-                    if not math.isfinite(loss_val):
-                        raise TrainingDiverged(
-                            f"training loss became {loss_val} at epoch {epoch}, step {i} "
-                            f"(iteration {step} of the call, lr {lr:.4g}); lower lr_start or check "
-                            "the model for exploding activations",
-                            epoch=epoch,
-                            step=i,
-                        )
-                    assert opt is not None
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    loss_sum += loss_val * yb.shape[0]
-                    correct += (out.detach().argmax(1) == yb).sum()
-                    step += 1
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(loss=f"{loss_val:.3f}", lr=f"{lr:.3g}", refresh=False)
-            finally:
-                if bar is not None:
-                    bar.close()
-            n = len(train_dd)
-            _check_finite_state(watched, epoch, spe - 1, lr)
-            val_acc = None
-            if eval_dd is not None:
-                val_acc, val_loss = _evaluate(
-                    module, eval_dd, data.num_classes, max(cfg.batch_size, 512), bf16
-                )
-                if not math.isfinite(val_loss):
-                    raise TrainingDiverged(
-                        f"after epoch {epoch} (step {spe - 1}, lr {lr:.4g}) the {cfg.eval_split} loss is "
-                        f"{val_loss}: the network's outputs overflow although each training loss was "
-                        "finite; lower lr_start or check the model for exploding activations",
-                        epoch=epoch,
-                        step=spe - 1,
-                    )
-            history.append(
-                {
-                    "epoch": epoch,
-                    "loss": loss_sum / n,
-                    "train_acc": correct.item() / n,
-                    "val_acc": val_acc,
-                    "lr": lr,
-                    "seconds": time.perf_counter() - t0,
-                }
-            )
-        module.train()
-        return history
+        with cuda_flags(device):
+            return _train(module, data, cfg, device, bf16, on_first_batch)
     finally:
         if bf16:
             module.to(memory_format=torch.contiguous_format)
         if cfg.threads is not None:
             torch.set_num_threads(old_threads)
+
+
+def _train(module, data, cfg, device, bf16, on_first_batch) -> list[dict]:
+    torch.manual_seed(cfg.seed)
+    module.to(device)
+    if bf16:
+        module.to(memory_format=torch.channels_last)
+    train_dd = DeviceData(data, cfg.train_split, device, augment=data.augment, seed=cfg.seed)
+    eval_dd = DeviceData(data, cfg.eval_split, device) if cfg.eval_split is not None else None
+    watched = _finite_tensors(module)
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise BackendError("train_module: the module has no trainable parameters")
+    opt: torch.optim.SGD | None = None  # built after on_first_batch, which may touch params
+    compiled = None
+    spe = train_dd.num_batches(cfg.batch_size, shuffle=True)
+    # the epoch's per-step losses and its correct predictions, on the device: read once per epoch
+    step_losses = torch.zeros(spe, dtype=torch.float32, device=device)
+    history: list[dict] = []
+    step = 0
+    first = True
+    for epoch in range(cfg.epochs):
+        t0 = time.perf_counter()
+        module.train()
+        epoch_start = step
+        sizes: list[int] = []
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        bar = None
+        if cfg.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=spe, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, unit="batch")
+        next_refresh = time.monotonic() + PROGRESS_INTERVAL
+        lr = cfg.lr_start
+        try:
+            for i, (xb, yb) in enumerate(train_dd.batches(cfg.batch_size, shuffle=True)):
+                if bf16 and xb.ndim == 4:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                if first:
+                    first = False
+                    if on_first_batch is not None:
+                        try:
+                            on_first_batch(module, xb)
+                        except (RuntimeError, ValueError) as e:
+                            raise BackendError(
+                                f"the first-batch callback (BatchNorm calibration) failed on a batch "
+                                f"of {xb.shape[0]} images: {type(e).__name__}: {e}"
+                            ) from e
+                        module.train()
+                    opt = torch.optim.SGD(
+                        [p for p in module.parameters() if p.requires_grad],
+                        lr=cfg.lr_start,
+                        momentum=cfg.momentum,
+                        nesterov=cfg.nesterov,
+                        weight_decay=cfg.weight_decay,
+                    )
+                    compiled = _compiled(module, cfg)
+                lr = sgdr_lr(step, spe, cfg)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                fwd = compiled if compiled is not None and xb.shape[0] == cfg.batch_size else module
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    out = _forward(fwd, xb, epoch, i)
+                _check_logits(out, data.num_classes, xb.shape[0])
+                out = out.float()
+                loss = F.cross_entropy(out, yb)
+                assert opt is not None
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step_losses[i] = loss.detach()   # no .item(): the device keeps running ahead
+                correct += (out.detach().argmax(1) == yb).sum()
+                sizes.append(int(yb.shape[0]))
+                step += 1
+                if bar is not None and (time.monotonic() >= next_refresh or i == spe - 1):
+                    bar.set_postfix(loss=f"{step_losses[i].item():.3f}", lr=f"{lr:.3g}", refresh=False)
+                    bar.update(i + 1 - bar.n)
+                    next_refresh = time.monotonic() + PROGRESS_INTERVAL
+        finally:
+            if bar is not None:
+                bar.close()
+        # the epoch's one read from the device: its losses and its count of correct predictions
+        read = torch.cat([step_losses[: len(sizes)].double(), correct.double().view(1)]).tolist()
+        losses, n_correct = read[:-1], read[-1]
+        bad = _first_nonfinite(losses)
+        if bad is not None:
+            raise TrainingDiverged(
+                f"training loss became {losses[bad]} at epoch {epoch}, step {bad} (iteration "
+                f"{epoch_start + bad} of the call, lr {sgdr_lr(epoch_start + bad, spe, cfg):.4g}); lower "
+                "lr_start or check the model for exploding activations",
+                epoch=epoch,
+                step=bad,
+            )
+        loss_sum = 0.0
+        for v, b in zip(losses, sizes):
+            loss_sum += v * b
+        n = len(train_dd)
+        _check_finite_state(watched, epoch, spe - 1, lr)
+        val_acc = None
+        if eval_dd is not None:
+            val_acc, val_loss = _evaluate(module, eval_dd, data.num_classes, max(cfg.batch_size, 512), bf16)
+            if not math.isfinite(val_loss):
+                raise TrainingDiverged(
+                    f"after epoch {epoch} (step {spe - 1}, lr {lr:.4g}) the {cfg.eval_split} loss is "
+                    f"{val_loss}: the network's outputs overflow although each training loss was "
+                    "finite; lower lr_start or check the model for exploding activations",
+                    epoch=epoch,
+                    step=spe - 1,
+                )
+        history.append(
+            {
+                "epoch": epoch,
+                "loss": loss_sum / n,
+                "train_acc": int(n_correct) / n,
+                "val_acc": val_acc,
+                "lr": lr,
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+    module.train()
+    return history
