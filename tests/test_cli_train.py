@@ -290,3 +290,28 @@ def test_train_writes_external_data_at_the_opset_asked(tmp_path, capsys):
     rc, _, err = run(capsys, "train", model, "--dataset", "digits", "--epochs", 0, "--opset", 12,
                      "-o", tmp_path / "p.onnx")
     assert rc == 2 and "--opset 12" in err and not (tmp_path / "p.onnx").exists()
+
+
+def test_epoch_lines_are_printed_as_each_epoch_ends(tmp_path, capsys, monkeypatch):
+    """When epoch k is being evaluated, the line of epoch k-1 is already on stdout."""
+    import sys
+
+    from nashir.backends.torch import sgdr
+
+    seen = []
+    real = sgdr._evaluate
+
+    def spy(*a, **k):
+        out = capsys.readouterr()
+        seen.append(out.out)
+        sys.stdout.write(out.out)
+        sys.stderr.write(out.err)
+        return real(*a, **k)
+
+    monkeypatch.setattr(sgdr, "_evaluate", spy)
+    model = cnn(tmp_path / "m.onnx")
+    rc, stdout, err = run(capsys, "train", model, "--dataset", "digits", "--epochs", 3, "--device", "cpu",
+                          "--threads", 1, "-o", tmp_path / "o.onnx")
+    assert rc == 0, err
+    assert len(seen) == 3
+    assert "epoch   1/3" not in seen[0] and "epoch   1/3" in seen[1] and "epoch   2/3" in seen[2]

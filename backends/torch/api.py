@@ -137,7 +137,7 @@ def calibration_hook(module: nn.Module, bn_modules: dict[str, nn.Module]):
     return on_first_batch
 
 
-def train(graph: Graph, data: Dataset, config: TrainConfig) -> tuple[Graph, list[dict]]:
+def train(graph: Graph, data: Dataset, config: TrainConfig, on_epoch=None) -> tuple[Graph, list[dict]]:
     """Train a graph on a data set; return a trained copy and the per-epoch history.
 
     SGD with momentum (Nesterov optional) and coupled weight decay, the learning rate annealed per
@@ -154,6 +154,7 @@ def train(graph: Graph, data: Dataset, config: TrainConfig) -> tuple[Graph, list
             (N, num_classes) logits.
         data: The data set (``config.train_split`` is trained on, ``config.eval_split`` scored).
         config: Hyper-parameters, device, seed, threads.
+        on_epoch: Called with each epoch's history dict as soon as the epoch is done.
 
     Returns:
         ``(trained, history)``: a new :class:`~nashir.ir.Graph` with the trained weights and
@@ -174,7 +175,7 @@ def train(graph: Graph, data: Dataset, config: TrainConfig) -> tuple[Graph, list
     if marked:
         hook = calibration_hook(module, {module.nashir_modules[n.name]: module.get_submodule(
             module.nashir_modules[n.name]) for n in marked})
-    history = train_module(module, data, config, on_first_batch=hook)
+    history = train_module(module, data, config, on_first_batch=hook, on_epoch=on_epoch)
     update_weights(g, module)
     if hook is not None:
         done = set(hook.calibrated)

@@ -647,6 +647,7 @@ def train_module(
     data: Dataset,
     cfg: TrainConfig,
     on_first_batch: Callable[[torch.nn.Module, torch.Tensor], None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """Train a classifier in place with SGD + momentum + weight decay under SGDR.
 
@@ -681,6 +682,8 @@ def train_module(
             is moved there and put in train mode, before the first forward pass and optimizer step
             (the lowering calibrates identity BatchNorms with it). Not called when
             ``cfg.epochs == 0``.
+        on_epoch: Called with each epoch's history dict as soon as the epoch is done (e.g. to print
+            it while training goes on).
 
     Returns:
         One dict per epoch: ``epoch`` (0-based), ``loss`` (mean training cross-entropy over the
@@ -708,7 +711,7 @@ def train_module(
     bf16 = use_bf16(cfg.precision, device)
     try:
         with cuda_flags(device):
-            return _train(module, data, cfg, device, bf16, on_first_batch)
+            return _train(module, data, cfg, device, bf16, on_first_batch, on_epoch)
     finally:
         if bf16:
             module.to(memory_format=torch.contiguous_format)
@@ -716,7 +719,7 @@ def train_module(
             torch.set_num_threads(old_threads)
 
 
-def _train(module, data, cfg, device, bf16, on_first_batch) -> list[dict]:
+def _train(module, data, cfg, device, bf16, on_first_batch, on_epoch=None) -> list[dict]:
     torch.manual_seed(cfg.seed)
     module.to(device)
     if bf16:
@@ -833,5 +836,7 @@ def _train(module, data, cfg, device, bf16, on_first_batch) -> list[dict]:
                 "seconds": time.perf_counter() - t0,
             }
         )
+        if on_epoch is not None:
+            on_epoch(dict(history[-1]))
     module.train()
     return history

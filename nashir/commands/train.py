@@ -252,12 +252,16 @@ def train(model, dataset, data_dir, epochs, lr_start, lr_end, batch_size, weight
 
     score = "test_acc" if trainval else "val_acc"
     click.echo(f"training {model} on {data!r} for {epochs} epoch(s), device {device}", err=True)
-    trained, history = train_graph(graph, data, cfg)
-    for h in history:
+    def show(h: dict) -> None:   # printed as each epoch ends, not all at the end
         click.echo(
             f"epoch {h['epoch'] + 1:>3}/{epochs}  loss {h['loss']:.4f}  train_acc {h['train_acc']:.4f}  "
             f"{score} {h['val_acc']:.4f}  lr {h['lr']:.4g}  {h['seconds']:.1f}s"
         )
+        import sys
+
+        sys.stdout.flush()
+
+    trained, history = train_graph(graph, data, cfg, on_epoch=show)
     staged = None
     if history_path is not None:
         rows = [{(score if k == "val_acc" else k): v for k, v in h.items()} for h in history]
