@@ -352,7 +352,9 @@ def test_search_prints_progress_and_summary(tmp_path):
     stdout, stderr = p.communicate()
     assert p.returncode == 0, stderr
     assert "step  best" in stdout and "final test accuracy" in stdout and "best model:" in stdout
-    assert "NASH steps" in stderr  # tqdm bars go to stderr
+    assert "step 1: best" in stdout   # one line per step
+    # stderr is a pipe, not a terminal: no progress bars redrawing into it (they would fill a log file)
+    assert "NASH steps" not in stderr and "\r" not in stderr
 
 
 # ------------------------------------------------------------------ the run folder is untrusted input
