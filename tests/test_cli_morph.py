@@ -295,8 +295,10 @@ def test_output_folder_that_is_a_file(model, tmp_path, capsys):
 def test_input_shape_for_a_symbolic_model(tmp_path, capsys):
     import onnx
 
+    from nashir.backends.onnx import model_bytes
+
     p = tmp_path / "sym.onnx"
-    m = onnx.load_from_string(nashir.backends.onnx.model_bytes(plain_net(seed=1)))
+    m = onnx.load_from_string(model_bytes(plain_net(seed=1)))
     for d, name in zip(m.graph.input[0].type.tensor_type.shape.dim[2:], ("h", "w")):
         d.ClearField("dim_value")
         d.dim_param = name
@@ -353,3 +355,23 @@ def test_bad_opset_is_refused_before_any_work(model, tmp_path, capsys, opset):
     code, out, err = run(["morph", model, "--widen", "c2", "--opset", opset], capsys)
     assert code == 2 and f"--opset {opset}" in err and "pick one in that range" in err
     assert listing(tmp_path) == before
+
+
+def test_check_on_a_declared_input_of_2_31_squared(tmp_path, capsys):
+    """A model declaring input N x 3 x 2**31 x 2**31: refused at import (MAX_INPUT_ELEMENTS), exit 2."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from nashir.backends.onnx import model_bytes
+
+    m = onnx.load_from_string(model_bytes(plain_net(seed=1)))
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_value = dims[3].dim_value = 2**31
+    del m.graph.output[:]
+    m.graph.output.append(helper.make_tensor_value_info("fc", TensorProto.FLOAT, None))
+    p = tmp_path / "huge.onnx"
+    p.write_bytes(m.SerializeToString())
+    before, files = digest(p), listing(tmp_path)
+    code, _, err = run(["morph", p, "--widen", "c1", "--check"], capsys)
+    assert code == 2 and "values per sample, above nashir's cap" in err and "Traceback" not in err
+    assert digest(p) == before and listing(tmp_path) == files
