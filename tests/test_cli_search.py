@@ -641,3 +641,10 @@ def test_init_with_input_shape(capsys, tmp_path):
     _fails(capsys, ["search", "--input-shape", "1,8,8", "--out", str(tmp_path / "c")], "give --init")
     _fails(capsys, [*base, "--input-shape", "1,x,8", "--out", str(tmp_path / "d")], "--input-shape '1,x,8'")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "sym.onnx"]
+
+
+def test_oversized_widths_are_refused_before_allocating(capsys, tmp_path):
+    out = tmp_path / "run"
+    err = _fails(capsys, ["search", "--widths", "100000,100000,100000", "--device", "cpu", "--out", str(out)],
+                 "widths 100000,100000,100000", "GiB of float32", "above the 2.0 GiB")
+    assert err.count("\n") == 1 and not out.exists()
