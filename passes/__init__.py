@@ -9,6 +9,8 @@
 * The exact morphisms: ``net2wider``, ``net2deeper``, ``add-skip``, ``concat-skip``,
   ``widen-kernel``; their weight transforms are plain numpy functions in
   :mod:`nashir.passes.transforms`.
+* The approximate morphisms (``exact = False``; LEMONADE, arXiv 1804.09081): ``remove-layer``,
+  ``remove-skip``, ``prune-filters``, ``separable-conv`` (:mod:`nashir.passes.approximate`).
 * :func:`sample_morphisms` (NASH's ApplyNetMorphs) with :class:`Constraints`, and
   :func:`check_preservation`.
 
@@ -29,6 +31,15 @@ from .analysis import (
     is_nonneg,
     layer_outputs,
     nonneg_values,
+)
+from .approximate import (
+    APPROX_PASSES,
+    ApproximatePass,
+    PruneFilters,
+    RemoveLayer,
+    RemoveSkip,
+    SeparableConv,
+    measure_error,
 )
 from .base import (
     ENTRY_POINT_GROUP,
@@ -60,4 +71,6 @@ __all__ = [
     "Net2Wider", "Net2Deeper", "AddSkip", "ConcatSkip", "WidenKernel", "NodeSite", "ValueSite", "SkipSite",
     "remap_channels", "sample_morphisms", "Constraints", "Morphisms", "SEARCH_PASSES",
     "check_preservation", "PreservationReport",
+    "ApproximatePass", "RemoveLayer", "RemoveSkip", "PruneFilters", "SeparableConv", "APPROX_PASSES",
+    "measure_error",
 ]
