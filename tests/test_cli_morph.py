@@ -124,6 +124,10 @@ def plugin_dir(tmp_path, monkeypatch):
         "        w = graph.node(site.node).inputs[1]\n"
         "        graph.set_const(w, w.const * 1.5)\n"
         "        return PassResult(graph, True, {})\n"
+        "@register_pass\n"
+        "class PerturbClaimsExact(Perturb):\n"
+        "    name = 'perturb-exact-test'\n"
+        "    exact = True\n"
     )
     (tmp_path / "nashir_cli_broken.py").write_text("raise RuntimeError('broken on purpose')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -144,11 +148,21 @@ def test_passes_lists_plugins(plugin_dir, capsys):
 
 def test_check_failure_exits_1_and_writes_nothing(model, plugin_dir, capsys):
     before, files = digest(model), listing(model.parent)
-    code, out, err = run(["morph", model, "--plugin", "nashir_cli_plugin", "--apply", "perturb-test:c2",
+    # a pass that claims to be exact and is not: --check fails
+    code, out, err = run(["morph", model, "--plugin", "nashir_cli_plugin", "--apply", "perturb-exact-test:c2",
                           "--check"], capsys)
     assert code == 1
     assert "differs" in err and "nothing was written" in err and "Traceback" not in err
     assert digest(model) == before and listing(model.parent) == files
+
+
+def test_check_reports_an_approximate_pass_and_writes(model, plugin_dir, capsys):
+    # exact = False (issue 15): --check reports the difference instead of failing, and says so
+    code, out, err = run(["morph", model, "--plugin", "nashir_cli_plugin", "--apply", "perturb-test:c2",
+                          "--check"], capsys)
+    assert code == 0, err
+    assert "check: max |diff| = " in out and "reported, not failed" in out and "perturb-test@c2" in out
+    assert (model.parent / "m.morphed.onnx").is_file()
 
 
 # ---------------------------------------------------------------------------------------------- bad input
