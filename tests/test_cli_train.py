@@ -257,7 +257,7 @@ def test_outputs_follow_the_umask_and_no_bar_off_a_terminal(tmp_path, capsys, um
 
 def test_unknown_dataset_and_missing_model(tmp_path, capsys):
     model = cnn(tmp_path / "m.onnx")
-    rc, _, err = run(capsys, "eval", model, "--dataset", "mnist")
+    rc, _, err = run(capsys, "eval", model, "--dataset", "imagenet-1k")
     assert rc == 2 and "digits" in err and "cifar10" in err
     rc, _, err = run(capsys, "eval", tmp_path / "absent.onnx", "--dataset", "digits")
     assert rc == 2 and "absent.onnx" in err
