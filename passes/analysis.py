@@ -1,22 +1,27 @@
 """The two analyses every morphism shares: channel flow and sign (DESIGN.md section 5).
 
-**Channel flow.** Start at a producer (a Conv with ``group=1`` or a Gemm) and follow its output's
+**Channel flow.** Start at a producer (a Conv of any group, or a Gemm) and follow its output's
 channel axis (axis 1, NCHW) downstream through each op's *channel behaviour* from the op table
 (:mod:`nashir.ops`):
 
 =============  ============================================================================
-transparent    Relu family, pooling, GlobalAveragePool, Dropout, Identity: follow.
-per-channel    BatchNormalization, Mul/Add by a per-channel constant, depthwise Conv: follow;
-               the op's per-channel arrays must be remapped too.
+transparent    Relu family, Elu, HardSigmoid, HardSwish, pooling, global pooling, Dropout,
+               Identity, Pad/Slice of the spatial axes: follow.
+per-channel    BatchNormalization, InstanceNormalization, PRelu, Mul/Add by a per-channel
+               constant, depthwise Conv: follow; the op's per-channel arrays must be remapped too.
 absorber       Conv (group 1), Gemm: stop; the node's *input* weights (Conv OIHW axis 1, Gemm
                ``W[out, in]`` axis 1) must be remapped.
+grouped        Conv with 1 < group (not depthwise): an absorber whose groups the new channel
+               layout must keep (:attr:`ChannelFlow.groups`; ResNeXt, arXiv 1611.05431, 3.3).
 flatten        Flatten(axis=1): follow with a block size ``H*W``; in NCHW order channel ``c``
                owns the columns ``c*H*W ... c*H*W + H*W - 1``.
 concat         Concat on axis 1: follow with a channel offset (the widths of earlier inputs).
-coupler        Add of two data tensors of one shape: every operand must change identically, so
-               the producers behind the other operand join the *producer group*.
-blocker        Reshape, Transpose, Softmax, LRN, grouped Conv, graph outputs, anything else:
-               not applicable, with the reason.
+coupler        Add or Mul of two data tensors whose channels align (a residual sum, SiLU, a
+               squeeze-and-excitation gate ``x * s``, Hu et al. arXiv 1709.01507 eq. 4): every
+               operand must change identically, so the producers behind the other operand join
+               the *producer group*.
+blocker        Reshape, Transpose, Softmax, LogSoftmax, LRN, Pad/Slice of the channel axis,
+               graph outputs, anything else: not applicable, with the reason.
 =============  ============================================================================
 
 A carried channel range is a *segment* of a value's axis 1: ``(offset, block)`` means the ``n``
