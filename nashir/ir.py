@@ -116,6 +116,23 @@ class Node:
         return f"<node {self.name}: {self.op_type}>"
 
 
+_SCALARS = (int, float, str, bool, type(None))
+
+
+def _copy_attrs(attrs: dict) -> dict:
+    """A deep copy of a node's attributes, fast for their usual kinds (scalars and flat lists of
+    scalars: ``kernel_shape``, ``pads``); anything else is deep-copied."""
+    out = {}
+    for k, v in attrs.items():
+        if isinstance(v, _SCALARS):
+            out[k] = v
+        elif type(v) is list and all(isinstance(x, _SCALARS) for x in v):
+            out[k] = list(v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
 def _is_sym(d: Any) -> bool:
     return not isinstance(d, (int, np.integer))
 
@@ -557,8 +574,10 @@ class Graph:
             n.uses.append((u, i))
         if outputs:
             self.outputs = [n if x is o else x for x in self.outputs]
-        if n.producer is not None:
-            self.toposort()
+        if n.producer is not None:   # the rewired uses must come after new's producer
+            pos = self.nodes.index(n.producer)
+            if any(self.nodes.index(u) < pos for u, _ in uses):
+                self.toposort()
 
     def remove_node(self, node: Node | str, replacement: Value | str | None = None) -> None:
         """Remove ``node``. Its outputs must be unused, or ``replacement`` takes over the uses of its
@@ -785,17 +804,8 @@ class Graph:
         for v in self.outputs:
             if owned.get(v.name) is not v:
                 p(f"graph output {v.name!r}: not owned by the graph; mark an owned value with add_output")
-        # cycles
-        try:
-            import networkx as nx
-
-            if not nx.is_directed_acyclic_graph(self.to_networkx()):
-                cyc = nx.find_cycle(self.to_networkx())
-                p(f"the graph has a cycle through nodes {sorted({a for a, _ in cyc})}; rewire one input "
-                  "to break it")
-        except NashirError as e:
-            p(str(e))
         defined: set[int] = {id(v) for v in self.inputs}
+        used_before_defined = False
         for n in self.nodes:
             spec = _ops.OPS.get(n.op_type)
             for i, v in enumerate(n.inputs):
@@ -809,6 +819,7 @@ class Graph:
                     p(f"node {n.name!r}: reads {v.name!r} at input {i} but the value's use list lacks it; "
                       "rewire with graph.set_input")
                 if not v.is_const and id(v) not in defined:
+                    used_before_defined = True
                     p(f"node {n.name!r}: input {i} {v.name!r} is used before it is defined; reorder with "
                       "graph.toposort() or fix the producer")
             for o in n.outputs:
@@ -840,6 +851,18 @@ class Graph:
                 if o.shape != s:
                     p(f"node {n.name!r}: output {o.name!r} has shape {_fmt_shape(o.shape)} but shape "
                       f"inference gives {_fmt_shape(s)}; call graph.infer_shapes() after changing weights")
+        # cycles: a cycle has a use before its definition in every node order, so only then is the
+        # graph searched for one (to name its nodes)
+        if used_before_defined:
+            try:
+                import networkx as nx
+
+                if not nx.is_directed_acyclic_graph(self.to_networkx()):
+                    cyc = nx.find_cycle(self.to_networkx())
+                    p(f"the graph has a cycle through nodes {sorted({a for a, _ in cyc})}; rewire one input "
+                      "to break it")
+            except NashirError as e:
+                p(str(e))
         if problems:
             raise VerifyError(problems)
 
@@ -854,7 +877,8 @@ class Graph:
             g.values[k] = nv
         for n in self.nodes:
             nn = Node(n.name, n.op_type, [vmap[id(v)] if v is not None else None for v in n.inputs],
-                      [vmap[id(o)] for o in n.outputs], copy.deepcopy(n.attrs), copy.deepcopy(n.meta))
+                      [vmap[id(o)] for o in n.outputs], _copy_attrs(n.attrs),
+                      copy.deepcopy(n.meta) if n.meta else {})
             for i, v in enumerate(nn.inputs):
                 if v is not None:
                     v.uses.append((nn, i))

@@ -86,6 +86,17 @@ class Pass:
         deterministic order. The search draws from this list uniformly."""
         raise NotImplementedError
 
+    def draw_site(self, graph: Graph, rng: np.random.Generator) -> Site | None:
+        """One site drawn uniformly from :meth:`sites`, or None when there is none (the search's
+        draw, :func:`~nashir.passes.sample_morphisms`).
+
+        The default lists :meth:`sites` and draws an index from ``rng``. A pass whose sites are
+        many (pairs of layers, say) overrides it to draw with the same distribution without listing
+        them all, so that a morphism costs what it changes, not the size of the site list.
+        """
+        sites = self.sites(graph)
+        return sites[int(rng.integers(len(sites)))] if sites else None
+
     def check(self, graph: Graph, site: Site) -> str | None:
         """None when the pass applies at ``site``, else the reason it does not (one sentence that
         names the node or value and what blocks it)."""

@@ -286,6 +286,34 @@ class Net2Wider(Pass):
                 out.append(NodeSite(nd.name))
         return out
 
+    #: Producers :meth:`draw_site` tries before it lists the sites instead.
+    DRAW_TRIES = 64
+
+    def draw_site(self, graph: Graph, rng: np.random.Generator) -> NodeSite | None:
+        """One site drawn uniformly from :meth:`sites` without a channel flow from every producer.
+
+        Rejection sampling, exact: a Conv or Gemm is drawn uniformly and kept when it is a site,
+        i.e. its flow applies, the width fits, and it is the first of its coupled producer group in
+        graph order (as :meth:`sites` lists a group once, by that producer). After
+        :attr:`DRAW_TRIES` misses the sites are listed. Cost: one channel flow per try, not one per
+        producer. A subclass that overrides :meth:`sites` is drawn from its own list.
+        """
+        if type(self).sites is not Net2Wider.sites:
+            return super().draw_site(graph, rng)
+        cands = [nd for nd in graph.nodes if nd.op_type in ("Conv", "Gemm")]
+        pos: dict[int, int] | None = None
+        for _ in range(self.DRAW_TRIES if cands else 0):
+            nd = cands[int(rng.integers(len(cands)))]
+            flow = channel_flow(graph, nd)
+            if not flow.ok or self._width_reason(nd, flow.width, flow.groups) is not None:
+                continue
+            if len(flow.producers) > 1:
+                pos = pos or {id(x): i for i, x in enumerate(graph.nodes)}
+                if any(pos[id(p)] < pos[id(nd)] for p in flow.producers):
+                    continue
+            return NodeSite(nd.name)
+        return super().draw_site(graph, rng) if cands else None
+
     def parse_site(self, graph: Graph, text: str) -> NodeSite:
         return NodeSite(graph.find_node(text).name)
 

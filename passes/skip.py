@@ -102,14 +102,23 @@ def _path(graph: Graph, a: Value, b: Value, out_channels: int, weight: np.ndarra
           pool: str) -> tuple[Value, list[Node]]:
     """``P(a)``: optional pooling to ``b``'s spatial size, then a 1x1 Conv (or a Gemm for flat values)
     with ``weight`` (no bias); from a map into a vector, global pooling (GlobalAveragePool or
-    GlobalMaxPool) and Flatten, then a Gemm. Returns its output and the new nodes."""
+    GlobalMaxPool) and Flatten, then a Gemm. Returns its output and the new nodes, which are placed
+    right after ``b``'s producer (``a`` is upstream of it), so that joining them to ``b`` keeps the
+    node order topological without a re-sort."""
     nodes: list[Node] = []
+    at = [graph.nodes.index(b.producer) + 1]
+
+    def index() -> int:
+        at[0] += 1
+        return at[0] - 1
+
     x = a
     nsp = len(a.shape) - 2
     if nsp > 0 and len(b.shape) == 2:
         op = "GlobalMaxPool" if pool == "max" else "GlobalAveragePool"
-        pn = graph.add_node(op, [x], name=graph.auto_node_name(op))
-        fl = graph.add_node("Flatten", [pn.outputs[0]], {"axis": 1}, name=graph.auto_node_name("Flatten"))
+        pn = graph.add_node(op, [x], name=graph.auto_node_name(op), index=index())
+        fl = graph.add_node("Flatten", [pn.outputs[0]], {"axis": 1}, name=graph.auto_node_name("Flatten"),
+                            index=index())
         nodes += [pn, fl]
         x = fl.outputs[0]
         nsp = 0
@@ -118,20 +127,58 @@ def _path(graph: Graph, a: Value, b: Value, out_channels: int, weight: np.ndarra
         if any(f > 1 for f in fs):
             op = "MaxPool" if pool == "max" else "AveragePool"
             pn = graph.add_node(op, [x], {"kernel_shape": fs, "strides": fs, "pads": [0] * (2 * nsp),
-                                          "ceil_mode": int(ceil)}, name=graph.auto_node_name(op))
+                                          "ceil_mode": int(ceil)}, name=graph.auto_node_name(op),
+                                index=index())
             nodes.append(pn)
             x = pn.outputs[0]
         name = graph.auto_node_name("Conv")
         w = graph.add_const(weight.reshape(out_channels, int(a.shape[1]), *[1] * nsp), f"{name}.weight")
         cn = graph.add_node("Conv", [x, w], {"kernel_shape": [1] * nsp, "strides": [1] * nsp,
                                              "pads": [0] * (2 * nsp), "dilations": [1] * nsp, "group": 1},
-                            name=name)
+                            name=name, index=index())
     else:
         name = graph.auto_node_name("Gemm")
         w = graph.add_const(weight.reshape(out_channels, int(a.shape[1])), f"{name}.weight")
-        cn = graph.add_node("Gemm", [x, w], {"transB": 1}, name=name)
+        cn = graph.add_node("Gemm", [x, w], {"transB": 1}, name=name, index=index())
     nodes.append(cn)
     return cn.outputs[0], nodes
+
+
+#: Random (source, target) pairs :meth:`_Skip.draw_site` tries before it lists every site.
+DRAW_TRIES = 256
+
+_UNSET = object()
+
+
+class _SiteContext:
+    """What one listing or draw of skip sites shares: the layer outputs in graph order, the size
+    bound, each target's verdict (filled in as targets are met) and, for a listing, the set of layer
+    outputs upstream of each value as a bit mask (one big-int OR per node input). A draw tests the
+    few pairs it draws with a walk up from the target instead (:meth:`Graph.is_ancestor`)."""
+
+    def __init__(self, graph: Graph, layers: list[Value], bound: int, masks: bool):
+        self.layers = layers
+        self.bound = bound
+        self.index = {id(v): i for i, v in enumerate(layers)}
+        self.targets: dict[int, object] = {}
+        self.anc: dict[int, int] | None = None
+        if masks:
+            bit = {id(v): 1 << i for i, v in enumerate(layers)}
+            anc: dict[int, int] = {id(v): 0 for v in graph.inputs}
+            for nd in graph.nodes:
+                m = 0
+                for x in nd.inputs:
+                    if x is not None and not x.is_const:
+                        m |= anc.get(id(x), 0) | bit.get(id(x), 0)
+                for o in nd.outputs:
+                    anc[id(o)] = m
+            self.anc = anc
+
+    def upstream(self, graph: Graph, a: Value, b: Value) -> bool:
+        """Whether ``a`` is a strict ancestor of ``b`` (both layer outputs)."""
+        if self.anc is not None:
+            return bool(self.anc[id(b)] >> self.index[id(a)] & 1)
+        return self.index[id(a)] < self.index[id(b)] and graph.is_ancestor(a, b)
 
 
 class _Skip(Pass):
@@ -166,29 +213,66 @@ class _Skip(Pass):
             return r
         return skip_reason(graph, *r) or self.target_reason(graph, r[1])
 
+    def _context(self, graph: Graph, masks: bool = True) -> _SiteContext | None:
+        layers = layer_outputs(graph)
+        return _SiteContext(graph, layers, self.bound(graph), masks) if len(layers) >= 2 else None
+
+    def _target(self, graph: Graph, b: Value):
+        """What :meth:`_pair_fits` needs to know about the target ``b`` (None: ``b`` takes no skip)."""
+        return True if self.target_reason(graph, b) is None else None
+
+    def _pair_fits(self, graph: Graph, a: Value, b: Value, target, bound: int) -> bool:
+        """The pass's own test of a pair that passed the graph, shape and target tests (size bound)."""
+        return True
+
+    def _pair_ok(self, graph: Graph, a: Value, b: Value, ctx: _SiteContext) -> bool:
+        """Whether ``a -> b`` is a site; the target's verdict is computed once per context."""
+        if a is b or ctx.index[id(a)] > ctx.index[id(b)] or shape_reason(a, b) is not None:
+            return False
+        if not ctx.upstream(graph, a, b):
+            return False
+        t = ctx.targets.get(id(b), _UNSET)
+        if t is _UNSET:
+            t = ctx.targets[id(b)] = self._target(graph, b)
+        return t is not None and self._pair_fits(graph, a, b, t, ctx.bound)
+
     def sites(self, graph: Graph) -> list[SkipSite]:
         """Every (source, target) pair of layer outputs (see :func:`~nashir.passes.analysis.layer_outputs`)
-        where the source is a strict ancestor of the target and the check passes."""
-        layers = layer_outputs(graph)
-        if len(layers) < 2:
+        where the source is a strict ancestor of the target and the check passes (size bound
+        included), ordered by target, then source. O(layers^2): the search draws with
+        :meth:`draw_site` instead."""
+        ctx = self._context(graph)
+        if ctx is None:
             return []
-        # ancestor sets as bit masks over the layer outputs
-        bit = {id(v): 1 << i for i, v in enumerate(layers)}
-        anc: dict[int, int] = {id(v): 0 for v in graph.inputs}
-        for nd in graph.nodes:
-            m = 0
-            for x in nd.inputs:
-                if x is not None and not x.is_const:
-                    m |= anc.get(id(x), 0) | bit.get(id(x), 0)
-            for o in nd.outputs:
-                anc[id(o)] = m
-        out: list[SkipSite] = []
-        for b in layers:
-            if self.target_reason(graph, b) is not None:
-                continue
-            out.extend(SkipSite(a.name, b.name) for a in layers
-                       if anc[id(b)] & bit[id(a)] and shape_reason(a, b) is None)
-        return out
+        return self._list(graph, ctx)
+
+    def _list(self, graph: Graph, ctx: _SiteContext) -> list[SkipSite]:
+        layers = ctx.layers
+        return [SkipSite(a.name, b.name) for b in layers for a in layers if self._pair_ok(graph, a, b, ctx)]
+
+    def draw_site(self, graph: Graph, rng: np.random.Generator) -> SkipSite | None:
+        """One site drawn uniformly from :meth:`sites` without listing them (the search's draw).
+
+        Rejection sampling, which is exact: a (source, target) pair of layer outputs is drawn
+        uniformly and kept when it is a site; after :data:`DRAW_TRIES` misses the sites are listed
+        and one is drawn from the list. Cost: the layer outputs and the size bound (linear in the
+        graph), one walk up from the target per pair that passes the order and shape tests and, for
+        concat-skip, one channel flow per target drawn; not every pair.
+        A subclass that overrides :meth:`sites` is drawn from its own list.
+        """
+        if type(self).sites is not _Skip.sites:
+            return super().draw_site(graph, rng)
+        ctx = self._context(graph, masks=False)
+        if ctx is None:
+            return None
+        layers = ctx.layers
+        for _ in range(DRAW_TRIES):
+            b = layers[int(rng.integers(len(layers)))]
+            a = layers[int(rng.integers(len(layers)))]
+            if self._pair_ok(graph, a, b, ctx):
+                return SkipSite(a.name, b.name)
+        sites = self._list(graph, self._context(graph))
+        return sites[int(rng.integers(len(sites)))] if sites else None
 
     def parse_site(self, graph: Graph, text: str) -> SkipSite:
         return parse_skip(graph, text)
@@ -233,17 +317,15 @@ class AddSkip(_Skip):
         a, b = self._resolve(graph, site)
         return self.size_reason(a, b, self.bound(graph))
 
-    def sites(self, graph: Graph) -> list[SkipSite]:
-        """As :meth:`_Skip.sites`, without the pairs over the size bound."""
-        bound = self.bound(graph)
-        return [s for s in super().sites(graph)
-                if self.size_reason(graph.find_value(s.src), graph.find_value(s.dst), bound) is None]
+    def _pair_fits(self, graph: Graph, a: Value, b: Value, target, bound: int) -> bool:
+        return self.size_reason(a, b, bound) is None
 
     def rewrite(self, graph: Graph, site: SkipSite, rng: np.random.Generator) -> PassResult:
         a, b = graph.find_value(site.src), graph.find_value(site.dst)
         cb, ca = int(b.shape[1]), int(a.shape[1])
         p_out, nodes = _path(graph, a, b, cb, np.zeros((cb, ca), np.float32), self.pool)
-        add = graph.add_node("Add", [b, p_out], name=graph.auto_node_name("Add"))
+        add = graph.add_node("Add", [b, p_out], name=graph.auto_node_name("Add"),
+                             index=graph.nodes.index(nodes[-1]) + 1)
         graph.replace_all_uses_with(b, add.outputs[0], exclude=[add])
         nodes.append(add)
         return PassResult(graph, True, {"src": a.name, "dst": b.name, "nodes": [n.name for n in nodes],
@@ -351,18 +433,12 @@ class ConcatSkip(_Skip):
         flow = self._flow(graph, b)
         return self._flow_reason(b, flow) or self.new_channels(graph, a, b, flow)[2]
 
-    def sites(self, graph: Graph) -> list[SkipSite]:
-        """As :meth:`_Skip.sites`, without the pairs over the size bound (one flow per target)."""
-        flows: dict[str, ChannelFlow] = {}
-        bound = self.bound(graph)
-        out = []
-        for s in super().sites(graph):   # target_reason() already refused blocked targets
-            b = graph.find_value(s.dst)
-            if s.dst not in flows:
-                flows[s.dst] = self._flow(graph, b)
-            if self.new_channels(graph, graph.find_value(s.src), b, flows[s.dst], bound)[2] is None:
-                out.append(s)
-        return out
+    def _target(self, graph: Graph, b: Value) -> ChannelFlow | None:
+        flow = self._flow(graph, b)   # one flow per target, shared by its pairs
+        return flow if self._flow_reason(b, flow) is None else None
+
+    def _pair_fits(self, graph: Graph, a: Value, b: Value, flow: ChannelFlow, bound: int) -> bool:
+        return self.new_channels(graph, a, b, flow, bound)[2] is None
 
     def rewrite(self, graph: Graph, site: SkipSite, rng: np.random.Generator) -> PassResult:
         a, b = graph.find_value(site.src), graph.find_value(site.dst)
@@ -394,4 +470,5 @@ class ConcatSkip(_Skip):
 
 
 __all__ = ["AddSkip", "ConcatSkip", "SkipSite", "parse_skip", "skip_reason", "shape_reason", "SKIP_RANKS",
+           "DRAW_TRIES",
            "MIN_NEW_PARAMS", "NEW_PARAMS_SHARE"]

@@ -313,3 +313,24 @@ def test_two_residual_blocks_couple_three_producers():
     g2, res = widen(g, "out1", width=6, split="random")
     assert sorted(res.info["producers"]) == ["out0", "out1", "stem"]
     assert_preserved(g, g2)
+
+
+# ------------------------------------------------------------------ lazy draw (issue 13)
+
+
+def test_draw_site_is_a_site_and_reaches_every_site(monkeypatch):
+    from test_passes_nets import concat_net, plain_net, residual_net
+
+    from nashir.passes.net2wider import Net2Wider
+
+    p = get_pass("net2wider")
+    for g in (plain_net(), residual_net(), concat_net()):
+        sites = {str(s) for s in p.sites(g)}
+        rng = np.random.default_rng(0)
+        drawn = [str(p.draw_site(g, rng)) for _ in range(60 * len(sites))]
+        assert set(drawn) == sites   # coupled producers: one site per group, as sites() lists it
+        counts = [drawn.count(s) for s in sites]
+        assert min(counts) > 25 and max(counts) < 100, counts   # uniform, about 60 each
+    monkeypatch.setattr(Net2Wider, "DRAW_TRIES", 0)   # the fallback lists the sites
+    g, rng = residual_net(), np.random.default_rng(1)
+    assert {str(p.draw_site(g, rng)) for _ in range(200)} == {str(s) for s in p.sites(g)}

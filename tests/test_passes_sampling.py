@@ -176,3 +176,82 @@ def test_a_misbehaving_pass_is_a_pass_error_naming_it(how, message):
     with pytest.raises(PassError, match=message):
         sample_morphisms(g, 3, np.random.default_rng(0), passes=[_Bad(how)])
     assert str(g) == text
+
+
+# ------------------------------------------------------------------ cost (issue 13)
+
+
+def test_one_verify_per_child_and_no_listing_of_skip_sites(monkeypatch):
+    from nashir.ir import Graph
+    from nashir.passes.skip import _Skip
+
+    calls = collections.Counter()
+    verify, listing = Graph.verify, _Skip._list
+
+    def counted_verify(self):
+        calls["verify"] += 1
+        return verify(self)
+
+    def counted_list(self, graph, ctx):
+        calls["skip-list"] += 1
+        return listing(self, graph, ctx)
+
+    g = residual_net()
+    monkeypatch.setattr(Graph, "verify", counted_verify)
+    monkeypatch.setattr(_Skip, "_list", counted_list)
+    child, morphs = sample_morphisms(g, 6, 3, passes=["add-skip", "concat-skip", "net2wider"])
+    assert len(morphs) == 6 and calls["verify"] == 1
+    assert calls["skip-list"] == 0   # drawn lazily
+
+
+def test_constraints_that_never_bind_give_the_unconstrained_child():
+    g = residual_net()
+    c1, m1 = sample_morphisms(g, 6, 5)
+    c2, m2 = sample_morphisms(g, 6, 5, constraints=Constraints(max_params=10**9, max_macs=10**12))
+    assert str(c1) == str(c2) and list(m1) == list(m2)
+    for a, b in zip(c1.constants(), c2.constants()):
+        assert np.array_equal(a.const, b.const)
+
+
+def _reference(graph, n, seed, passes, constraints, max_tries):
+    """sample_morphisms the slow way: a copy of the child for every draw."""
+    rng = np.random.default_rng(seed)
+    child, done = graph.clone(), []
+    for _ in range(n):
+        avail, tries = list(passes), 0
+        while tries < max_tries and avail:
+            p = avail[int(rng.integers(len(avail)))]
+            site = p.draw_site(child, rng)
+            if site is None:
+                avail.remove(p)
+                continue
+            tries += 1
+            trial = child.clone()
+            res = p.apply(trial, site, rng)
+            if constraints.violation(trial) is None:
+                child = trial
+                done.append({"pass": p.name, "site": str(site), "info": res.info})
+                break
+        else:
+            break
+    return child, done
+
+
+def test_a_draw_over_the_limits_is_undone_exactly(monkeypatch):
+    # with a budget of a few morphisms some draws go over it; the child, changed in place until
+    # then and made again from the parent after the first such draw, is the slow way's child
+    import nashir.passes.sampling as S
+
+    replays, replay = [], S._replay
+    monkeypatch.setattr(S, "_replay", lambda *a: replays.append(1) or replay(*a))
+    g = residual_net()
+    passes = [get_pass("net2wider", factor=2), get_pass("concat-skip"), get_pass("net2deeper")]
+    for seed in range(4):
+        limit = Constraints(max_params=int(g.param_count() * 2.5))
+        child, morphs = sample_morphisms(g, 6, seed, passes=passes, constraints=limit, max_tries=5)
+        ref, ref_m = _reference(g, 6, seed, passes, limit, 5)
+        assert list(morphs) == ref_m and str(child) == str(ref)
+        for a, b in zip(child.constants(), ref.constants()):
+            assert np.array_equal(a.const, b.const)
+        assert child.param_count() <= limit.max_params
+    assert len(replays) >= 2   # the in-place path was undone (seeds 0, 2, 3)

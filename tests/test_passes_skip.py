@@ -334,3 +334,85 @@ def test_concat_skip_into_a_grouped_conv_is_not_applicable():
     h = b.relu(b.conv(r2, 4, group=2, name="gc"), name="r3")
     g = b.build(b.gemm(b.flatten(h), 2))
     assert "grouped convolutions (2 groups)" in get_pass("concat-skip").check(g, SkipSite("r1", "r2"))
+
+
+# ------------------------------------------------------------------ lazy draws (issue 13)
+
+
+def _nets():
+    from test_passes_nets import concat_net, conv1d_net
+
+    return [plain_net(), residual_net(), concat_net(), conv1d_net()]
+
+
+@pytest.mark.parametrize("kind", ["add-skip", "concat-skip"])
+def test_draw_site_is_uniform_over_sites_without_listing_them(kind, monkeypatch):
+    import nashir.passes.skip as S
+
+    p = get_pass(kind)
+    listed = []
+    for g in _nets():
+        sites = p.sites(g)
+        monkeypatch.setattr(S._Skip, "_list", lambda self, graph, ctx: listed.append(1) or [])
+        rng = np.random.default_rng(0)
+        counts = {str(s): 0 for s in sites}
+        draws = 200 * len(sites)
+        for _ in range(draws):
+            s = p.draw_site(g, rng)
+            counts[str(s)] += 1   # a KeyError would be a draw that is not a site
+        monkeypatch.undo()
+        assert not listed   # rejection sampling found a site each time
+        # uniform: each site about 200 times (binomial sd about 14)
+        assert all(130 < c < 270 for c in counts.values()), (g.name, counts)
+
+
+@pytest.mark.parametrize("kind", ["add-skip", "concat-skip"])
+def test_draw_site_falls_back_to_the_list_and_says_none_when_there_is_no_site(kind, monkeypatch):
+    import nashir.passes.skip as S
+
+    g = residual_net()
+    p = get_pass(kind)
+    sites = {str(s) for s in p.sites(g)}
+    monkeypatch.setattr(S, "DRAW_TRIES", 0)
+    rng = np.random.default_rng(1)
+    assert {str(p.draw_site(g, rng)) for _ in range(300)} == sites
+    # no site at all: a network with a single layer output
+    b = GraphBuilder("one", (1, 4, 4))
+    g1 = b.build(b.gemm(b.flatten(b.input), 3))
+    assert p.sites(g1) == [] and p.draw_site(g1, rng) is None
+
+
+def test_sites_are_unchanged_by_the_lazy_machinery():
+    # the listing keeps its order (by target, then source) and its size bound
+    g = plain_net()
+    add = get_pass("add-skip", max_new_params=40)
+    s_all = get_pass("add-skip").sites(g)
+    s_small = add.sites(g)
+    assert s_small == [s for s in s_all if add.check(g, s) is None]
+    dst_order = [s.dst for s in s_all]
+    assert dst_order == sorted(dst_order, key=[v.name for v in g.nodes for v in v.outputs].index)
+
+
+def test_a_subclass_with_its_own_sites_is_drawn_from_them():
+    from nashir.passes.skip import AddSkip
+
+    class OnlyFirst(AddSkip):
+        name = "only-first-test"
+
+        def sites(self, graph):
+            return super().sites(graph)[:1]
+
+    g = plain_net()
+    p = OnlyFirst()
+    rng = np.random.default_rng(0)
+    assert {str(p.draw_site(g, rng)) for _ in range(20)} == {str(p.sites(g)[0])}
+
+
+def test_skip_nodes_are_placed_in_order_so_no_resort_is_needed():
+    g = plain_net()
+    s = get_pass("add-skip").sites(g)[-1]
+    g2, res = skip("add-skip", g, s.src, s.dst)
+    names = [n.name for n in g2.nodes]
+    new = res.info["nodes"]
+    k = names.index(g2.find_value(s.dst).producer.name)
+    assert names[k + 1:k + 1 + len(new)] == new   # right after the target's producer

@@ -522,3 +522,27 @@ def test_max_macs_bounds_every_child(tmp_path, digits):
     assert any(r["kind"] == "child" and r["macs"] is not None and r["macs"] > g0.mac_count() for r in rows)
     with pytest.raises(SearchError, match="above --max-macs"):
         nash(None, digits, _cfg(max_macs=10), executor=Scripted(lambda j: 0.5), run_dir=tmp_path / "r2")
+
+
+def test_a_memory_error_while_morphing_a_child_fails_that_child_only(tmp_path, digits, monkeypatch):
+    import nashir.passes as P
+
+    real = P.sample_morphisms
+    calls = []
+
+    def sample(graph, n, rng, *a, **k):
+        calls.append(1)
+        if len(calls) == 1:   # the first child of step 1
+            raise MemoryError("simulated: a morph too large for memory")
+        return real(graph, n, rng, *a, **k)
+
+    monkeypatch.setattr(P, "sample_morphisms", sample)
+    ex = Scripted(lambda job: 0.4 if job.candidate_id != "init" else 0.3)
+    res = nash(None, digits, _cfg(n_steps=2), executor=ex, run_dir=tmp_path / "r", onnx_check=False)
+    with Ledger.open(tmp_path / "r") as led:
+        rows = {r["id"]: r for r in led.candidates()}
+    assert rows["s1-c1"]["status"] == "failed"
+    assert "MemoryError" in rows["s1-c1"]["reason"] and "too large" in rows["s1-c1"]["reason"]
+    assert rows["s1-c1"]["params"] is None   # no child was built: its size is unknown
+    assert rows["s1-c2"]["status"] == "ok" and rows["s2-c1"]["status"] == "ok"
+    assert res.test_acc is not None and len(res.steps) == 3
