@@ -328,6 +328,18 @@ def build_config(ctx: click.Context, params: dict, stored: dict | None = None):
               help="Import MODULE first to register more passes (name them with --passes).")
 @click.option("--input-shape", metavar="C,H,W", default=None,
               help="With --init: non-batch input dimensions for a model whose input size is symbolic.")
+@click.option("--objective", type=click.Choice(["nash", "pareto"]), default=None,
+              help="nash (default): hill climbing to one winner (best.onnx). pareto: a Pareto front of "
+              "validation error and --cost, grown and shrunk by exact and approximate morphisms "
+              "(front/*.onnx; docs/pareto.md).")
+@click.option("--cost", type=click.Choice(["params", "macs"]), default=None,
+              help="With --objective pareto: the cost objective, parameters (default) or MACs per image.")
+@click.option("--children", type=int, default=None,
+              help="With --objective pareto: children trained per generation (default: the preset's "
+              "--neighbors, as many networks as a NASH step trains).")
+@click.option("--proposals", type=int, default=None,
+              help="With --objective pareto: children proposed per generation, of which --children are "
+              "accepted by inverse density of their cost (default 2 x --children).")
 @click.pass_context
 def search(ctx, **params):
     """Run a NASH architecture search (hill climbing over network morphisms, arXiv 1711.04528).
@@ -368,6 +380,7 @@ def search(ctx, **params):
         for mod in params["plugin"]:
             load_plugin(mod)
     config = build_config(ctx, params, stored)
+    pcfg = _pareto_config(ctx, params, config, stored)   # None: the NASH search, exactly as before
     executor = _make_executor(params, config)
     if executor is None and config.device.strip().lower() != "auto":
         from nashir.backends.torch.sgdr import resolve_device
@@ -398,27 +411,38 @@ def search(ctx, **params):
         from tqdm.auto import tqdm
 
         echo = tqdm.write
-        echo(
-            f"nashir search: {config.dataset} ({len(data.y_train)} train / {len(data.y_val)} val / "
-            f"{len(data.y_test)} test), preset {config.preset}, {config.n_steps} steps x {config.n_neigh} "
-            f"neighbours x {config.epoch_neigh} epochs, {config.n_nm} morphisms per child -> {out}"
-        )
+        if pcfg is not None:
+            echo(f"nashir search --objective pareto: {config.dataset} ({len(data.y_train)} train / "
+                 f"{len(data.y_val)} val / {len(data.y_test)} test), preset {config.preset}, "
+                 f"{config.n_steps} generations x {pcfg.n_children} children ({pcfg.n_proposals} proposed) x "
+                 f"{config.epoch_neigh} epochs, {config.n_nm} morphisms per child, cost {pcfg.cost} -> {out}")
+        else:
+            echo(f"nashir search: {config.dataset} ({len(data.y_train)} train / {len(data.y_val)} val / "
+                 f"{len(data.y_test)} test), preset {config.preset}, {config.n_steps} steps x "
+                 f"{config.n_neigh} neighbours x {config.epoch_neigh} epochs, {config.n_nm} morphisms per "
+                 f"child -> {out}")
     from nashir.search import nash
 
     try:
         if executor is not None:
             executor.prepare(DataSpec(config.dataset, config.data_dir, seed=config.seed), data)  # joins Ray
-        result = nash(
-            model0,
-            data,
-            config,
-            executor=executor,
-            run_dir=out,
-            resume=resume,
-            force=params["force"],
-            progress=not quiet and _stderr_is_terminal(),
-            echo=echo,
-        )
+        if pcfg is not None:
+            from nashir.search.pareto import pareto
+
+            result = pareto(model0, data, pcfg, executor=executor, run_dir=out, resume=resume,
+                            force=params["force"], progress=not quiet and _stderr_is_terminal(), echo=echo)
+        else:
+            result = nash(
+                model0,
+                data,
+                config,
+                executor=executor,
+                run_dir=out,
+                resume=resume,
+                force=params["force"],
+                progress=not quiet and _stderr_is_terminal(),
+                echo=echo,
+            )
     except KeyboardInterrupt:
         if (out / "ledger.sqlite").is_file():
             click.echo(f"\nthe run can be continued with: nashir search --resume --out {out}", err=True)
@@ -426,6 +450,9 @@ def search(ctx, **params):
     finally:
         if executor is not None:
             executor.close()
+    if pcfg is not None:
+        _print_front(result, out, quiet)
+        return
     best = out / "best.onnx"
     line = (
         f"best model: {best} ({result.params:,} params), test accuracy {100 * result.test_acc:.2f}%"
@@ -435,6 +462,59 @@ def search(ctx, **params):
     if not quiet:
         click.echo("")
         click.echo(result.summary_table())
+        click.echo(line)
+        click.echo(f"plots and report: nashir report {out}")
+    else:
+        click.echo(line)
+
+
+#: Flags that only mean something for one objective: NASH's (one winner by hill climbing) and the
+#: Pareto search's (docs/pareto.md). Given with the other objective they are refused (exit 2).
+_NASH_ONLY = {"neighbors": "--neighbors", "no_morph": "--no-morph",
+              "retrain_from_scratch": "--retrain-from-scratch"}
+_PARETO_ONLY = {"cost": "--cost", "children": "--children", "proposals": "--proposals"}
+
+
+def _pareto_config(ctx: click.Context, params: dict, config, stored: dict | None):
+    """The :class:`~nashir.search.pareto.ParetoConfig` for ``--objective pareto`` (None for NASH).
+
+    The objective is the flag's, or on ``--resume`` the run's own. Raises SearchError (exit 2,
+    nothing written) for a flag of the other objective, naming it, and for an ``--objective`` that
+    is not the resumed run's."""
+    ran = None if stored is None else stored.get("objective", "nash")
+    objective = params.get("objective") or ran or "nash"
+    if ran is not None and objective != ran:
+        raise SearchError(f"--objective {objective}: the run in --out is a {ran} run; resume it with "
+                          f"--objective {ran} (or without --objective), or start a new run")
+    if objective == "nash":
+        given = [flag for opt, flag in _PARETO_ONLY.items() if _given(ctx, opt)]
+        if given:
+            raise SearchError(f"{', '.join(given)} only apply to --objective pareto; add it or drop them")
+        return None
+    given = [flag for opt, flag in _NASH_ONLY.items() if _given(ctx, opt) and params.get(opt)]
+    if given:
+        raise SearchError(f"{', '.join(given)} only apply to the NASH search (--objective nash): the Pareto "
+                          "search has no incumbent or single winner (use --children for the networks trained "
+                          "per generation); drop them")
+    from nashir.search.pareto import ParetoConfig
+
+    keep = stored or {}
+    return ParetoConfig(
+        config,
+        cost=params["cost"] if params.get("cost") is not None else keep.get("cost", "params"),
+        children=params["children"] if params.get("children") is not None else keep.get("children"),
+        proposals=params["proposals"] if params.get("proposals") is not None else keep.get("proposals"),
+    )
+
+
+def _print_front(result, out: Path, quiet: bool) -> None:
+    """The end of a Pareto run: the front as a table (and where the files are)."""
+    n = len(result.front)
+    line = (f"Pareto front: {n} model(s) in {out / 'front'}, {result.front[0]['params']:,} to "
+            f"{result.front[-1]['params']:,} params, {result.wall_seconds:.0f} s")
+    if not quiet:
+        click.echo("")
+        click.echo(result.front_table())
         click.echo(line)
         click.echo(f"plots and report: nashir report {out}")
     else:

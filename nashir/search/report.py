@@ -487,6 +487,9 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
             plt.close(fig)
         written.append(out / name)
     md = _markdown(run, out)
+    if (run["config"] or {}).get("objective") == "pareto":   # issue 15: the front, for Pareto runs only
+        written.append(write_front_plot(run, out, plt))
+        md += front_markdown(run)
     atomic_write(out / "report.md", md.encode("utf-8"))
     written.append(out / "report.md")
     return written
@@ -562,3 +565,104 @@ def _markdown(run: dict[str, Any], out: Path) -> str:
         lines.append(f"| {k} | `{cfg[k]}` |")
     lines.append("")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------- Pareto runs
+def _front_meta(run: dict[str, Any]) -> dict[str, Any]:
+    """The ledger's meta ``front`` of a Pareto run (``{"points": [...], "cost": ...}``; empty before
+    the final trainings finished)."""
+    with Ledger.open(run["run_dir"], readonly=True) as led:
+        meta = led.get_meta("front") or {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def write_front_plot(run: dict[str, Any], out: Path, plt) -> Path:
+    """``front.png`` of a Pareto run (``nashir search --objective pareto``): left, the final front,
+    cost (log scale) against test error (%), each point labelled with its id, and the validation
+    error every trained candidate had in the search (grey) with the front's validation error as a
+    step line; right, the lineage in the same plane: an edge from each candidate to its parent, the
+    ancestry of the front's points thick.
+
+    Returns:
+        The path written.
+    """
+    from nashir.search.pareto import front_points
+
+    cost = (run["config"] or {}).get("cost", "params")
+    cands = run["candidates"]
+    pts = _front_meta(run).get("points") or []
+    trained = [c for c in cands if c["kind"] in ("init", "child") and c["status"] == "ok"
+               and c["val_acc"] is not None and c.get(cost)]
+    by_id = {c["id"]: c for c in cands}
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5))
+    if trained:
+        ax.scatter([c[cost] for c in trained], [100 * (1 - c["val_acc"]) for c in trained], s=18,
+                   color="0.7", zorder=2, label="every trained candidate (validation error)")
+        vf = front_points(cands, cost)
+        ax.step([c[cost] for c in vf], [100 * (1 - c["val_acc"]) for c in vf], where="post", color="tab:blue",
+                lw=1.2, alpha=0.8, zorder=3, label="front in the search (validation error)")
+    tp = [p for p in pts if p.get("test_acc") is not None]
+    if tp:
+        ax.plot([p[cost] for p in tp], [100 * (1 - p["test_acc"]) for p in tp], "o-", color="tab:red", ms=8,
+                mec="k", zorder=4, label="final front (test error, after train + val)")
+        for p in tp:
+            ax.annotate(f"{p['id']}\n{p[cost]:,} {cost}", (p[cost], 100 * (1 - p["test_acc"])),
+                        textcoords="offset points", xytext=(6, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{'parameters' if cost == 'params' else 'MACs per image'} (log scale)")
+    ax.set_ylabel("error (%)")
+    ax.set_title("Pareto front: cost against test error")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7.5, loc="upper right")
+    anc: set[str] = set()
+    for p in pts:
+        cur = p["id"]
+        while cur in by_id and cur not in anc:
+            anc.add(cur)
+            cur = by_id[cur]["parent"]
+    for c in trained:
+        par = by_id.get(c["parent"]) if c["parent"] else None
+        if par is None or par.get("val_acc") is None or not par.get(cost):
+            continue
+        thick = c["id"] in anc and par["id"] in anc
+        bx.plot([par[cost], c[cost]], [100 * (1 - par["val_acc"]), 100 * (1 - c["val_acc"])],
+                color="black" if thick else "0.75", lw=2 if thick else 0.7, zorder=1)
+    if trained:
+        sc = bx.scatter([c[cost] for c in trained], [100 * (1 - c["val_acc"]) for c in trained],
+                        c=[c["step"] for c in trained], cmap="viridis", s=40, edgecolors="k", zorder=3)
+        fig.colorbar(sc, ax=bx, label="generation")
+        for c in trained:
+            if c["id"] in {p["id"] for p in pts} or c["kind"] == "init":
+                bx.annotate(c["id"], (c[cost], 100 * (1 - c["val_acc"])), textcoords="offset points",
+                            xytext=(5, 4), fontsize=7)
+    bx.set_xscale("log")
+    bx.set_xlabel(f"{cost} (log scale)")
+    bx.set_ylabel("validation error (%) after its search training")
+    bx.set_title("lineage: each candidate to its parent; ancestry of the front thick")
+    bx.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    path = out / "front.png"
+    try:
+        _save_fig(fig, path)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def front_markdown(run: dict[str, Any]) -> str:
+    """The report's section on a Pareto run: the front as a table and its plot."""
+    from nashir.search.pareto import format_front
+
+    meta = _front_meta(run)
+    pts = meta.get("points") or []
+    cost = meta.get("cost") or (run["config"] or {}).get("cost", "params")
+    lines = ["", "## Pareto front", ""]
+    if pts:
+        lines += ["One ONNX file per point in `front/` (NCHW float32 images normalised as "
+                  f"`(x - mean) / std`, mean = {meta.get('mean')}, std = {meta.get('std')}).", "", "```",
+                  format_front(pts, cost), "```", ""]
+    else:
+        lines += ["The final trainings of the front have not finished yet.", ""]
+    lines += ["![Pareto front](front.png)", ""]
+    return "\n".join(lines)
+
