@@ -20,8 +20,9 @@ The reduced size: the first ``--train`` images of the official training part (de
 first ``--val`` of the validation part (the last 10 000 training images; default 3 000), the full
 official test set (10 000) for the figures; a start network of 16/32/64 channels; 3 steps x 4
 neighbours x 3 morphisms x 2 epochs, 4 epochs of pretraining and 6 of final training (34 epochs in
-all; the winner's lineage 16), bf16 autocast, children up to 6 M MACs. Each variant runs for every seed; the same seed gives every variant the
-same start network, data and data order, so differences are paired.
+all; the winner's lineage 16), bf16 autocast, children up to 6 M MACs. Each variant runs for every
+seed; the same seed gives every variant the same start network, data and data order, so
+differences are paired.
 
 Printed: per variant the test accuracy mean +- standard deviation over seeds, parameters, wall
 seconds; the paired difference to NASH (mean +- std over seeds, and how many seeds NASH won); a PNG
