@@ -546,3 +546,26 @@ def test_a_memory_error_while_morphing_a_child_fails_that_child_only(tmp_path, d
     assert rows["s1-c1"]["params"] is None   # no child was built: its size is unknown
     assert rows["s1-c2"]["status"] == "ok" and rows["s2-c1"]["status"] == "ok"
     assert res.test_acc is not None and len(res.steps) == 3
+
+
+def test_in_process_graphs_give_the_search_of_onnx_jobs(tmp_path, digits):
+    # the in-process executor takes the child graphs themselves (no ONNX export and import); the
+    # search must be the one an executor fed ONNX bytes (as Ray is) makes, bit for bit
+    from nashir.search.executor import InProcessExecutor
+
+    class OnnxJobs(InProcessExecutor):
+        takes_graphs = False
+
+    cfg = _cfg(n_steps=2, n_neigh=3, n_nm=2, epoch_neigh=1, epochs_init=1, epoch_final=1, threads=1)
+    out = {}
+    for name, ex in (("graphs", InProcessExecutor(threads=1)), ("onnx", OnnxJobs(threads=1))):
+        assert ex.takes_graphs is (name == "graphs")
+        nash(None, digits, cfg, executor=ex, run_dir=tmp_path / name, onnx_check=False)
+        with Ledger.open(tmp_path / name) as led:
+            out[name] = [{k: (v if k != "history" else [{a: b for a, b in h.items() if a != "seconds"}
+                                                         for h in v])
+                          for k, v in r.items() if k not in ("train_seconds", "job_seconds", "created",
+                                                             "finished")}
+                         for r in led.candidates()]
+    assert out["graphs"] == out["onnx"]
+    assert (tmp_path / "graphs" / "best.onnx").read_bytes() == (tmp_path / "onnx" / "best.onnx").read_bytes()

@@ -107,10 +107,14 @@ class Job:
             ``{"deeper_bn_3": {"calibrate": "identity"}}`` for Net2Deeper's data-dependent BN init.
         evaluate: Splits scored after training (e.g. ``("test",)``); their accuracy and loss land
             in ``Result.metrics`` as ``<split>_acc`` / ``<split>_loss``.
+        graph: The network as a :class:`nashir.ir.Graph`, given instead of (or with) ``onnx`` to an
+            executor whose :attr:`Executor.takes_graphs` is True (it trains in the driver's process,
+            so the ONNX export and import are skipped); the worker takes ownership (it may change
+            node meta). None for executors that ship jobs elsewhere.
     """
 
     candidate_id: str
-    onnx: bytes
+    onnx: bytes | None
     train: dict[str, Any]
     data: DataSpec
     seed: int
@@ -118,6 +122,7 @@ class Job:
     reinit_seed: int | None = None
     node_meta: dict[str, dict[str, Any]] = field(default_factory=dict)
     evaluate: tuple[str, ...] = ()
+    graph: Any = None
 
 
 @dataclass
@@ -206,7 +211,10 @@ def run_job(
         from nashir.backends import torch as ntorch
         from nashir.backends.torch.sgdr import TrainConfig
 
-        graph = nonnx.load(onnx.load_model_from_string(job.onnx))
+        if job.graph is not None:   # an in-process job: no ONNX round trip
+            graph = job.graph
+        else:
+            graph = nonnx.load(onnx.load_model_from_string(job.onnx))
         for name, meta in job.node_meta.items():
             graph.node(name).meta.update(meta)
         if job.reinit:
@@ -270,6 +278,9 @@ class Executor(ABC):
     """
 
     name = "executor"
+    #: Whether jobs may carry the network as :attr:`Job.graph` (the driver then skips the ONNX
+    #: export): only for executors that train in the driver's own process.
+    takes_graphs = False
 
     def prepare(self, spec: DataSpec, data=None) -> None:
         """Make the data set ``spec`` available to the workers; ``data`` is the already loaded
@@ -311,6 +322,7 @@ class InProcessExecutor(Executor):
     """
 
     name = "inprocess"
+    takes_graphs = True
 
     def __init__(self, threads: int | None = None, progress: bool = False, device: str | None = None):
         self.threads = threads

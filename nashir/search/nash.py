@@ -768,6 +768,7 @@ def _drive(
             seed=fseed,
             reinit=config.retrain_from_scratch,
             evaluate=("test",),
+            graph=g if executor.takes_graphs else None,
         )
         if echo is not None:
             echo(f"final: training {best_id} for {epochs} epochs on train+val")
@@ -934,19 +935,22 @@ def _run_step(
     # common random numbers: one training seed (data order, augmentation) for the whole step
     tseed = candidate_seed(config.seed, step, 0, _PURPOSE_TRAIN)
     jobs: list[Job] = []
+    # the current best as read back from its file, once per step (sample_morphisms leaves it as it
+    # is); an executor in this process gets the graphs themselves, others ONNX bytes
+    parent = _load_bytes(best_blob)
+    graphs = executor.takes_graphs
     for j in range(1, n_children + 1):
         cid = candidate_id(step, j)
         if ledger.is_finished(cid):
             continue
         rng = np.random.default_rng(np.random.SeedSequence([config.seed, step, j, _PURPOSE_MORPH]))
-        parent = _load_bytes(best_blob)
-        child, applied, reason = parent, [], None
+        child, applied, reason, blob = parent, [], None, None
         try:
-            child, applied = sample_morphisms(
+            child, applied = sample_morphisms(   # the child verifies
                 parent, config.n_nm, rng, passes=passes, constraints=constraints
             )
-            child.verify()
-            blob = model_bytes(child)
+            if not graphs:
+                blob = model_bytes(child)
         except Exception as e:  # a misbehaving (plugin) pass, MemoryError included: this child fails
             reason = f"morphing failed: {type(e).__name__}: {e}"
             applied = _jsonable(applied)
@@ -985,9 +989,10 @@ def _run_step(
                 reinit=not config.morph,
                 reinit_seed=candidate_seed(config.seed, step, j, _PURPOSE_REINIT),
                 node_meta=_node_meta(child),
+                graph=child if graphs else None,
             )
         )
-        del child, parent
+        del child
     if not random_walk:
         j = config.n_neigh
         cid = candidate_id(step, j)
@@ -1005,7 +1010,8 @@ def _run_step(
                 seed=tseed,
                 epochs=config.epoch_neigh,
             )
-            jobs.append(Job(cid, best_blob, {**train_kw, "epochs": config.epoch_neigh}, spec, seed=tseed))
+            jobs.append(Job(cid, best_blob, {**train_kw, "epochs": config.epoch_neigh}, spec, seed=tseed,
+                            graph=parent.clone() if graphs else None))
     bar = None
     if tqdm is not None and jobs:
         bar = tqdm(total=len(jobs), desc=f"step {step} neighbours", unit="net", position=1, leave=False)
