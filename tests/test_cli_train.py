@@ -315,3 +315,15 @@ def test_epoch_lines_are_printed_as_each_epoch_ends(tmp_path, capsys, monkeypatc
     assert rc == 0, err
     assert len(seen) == 3
     assert "epoch   1/3" not in seen[0] and "epoch   1/3" in seen[1] and "epoch   2/3" in seen[2]
+
+
+def test_train_compile_flag_reaches_torch_compile(tmp_path, capsys, monkeypatch):
+    import torch
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda m, mode=None: compiled.append(mode) or m)
+    model = cnn(tmp_path / "m.onnx")
+    rc, _, err = run(capsys, "train", model, "--dataset", "digits", "--epochs", 1, "--device", "cpu",
+                     "--threads", 1, "--compile", "-o", tmp_path / "t.onnx", "--no-progress")
+    assert rc == 0, err
+    assert compiled == [None]

@@ -103,3 +103,11 @@ def test_importing_nashir_search_does_not_import_torch():
     code = "import sys, nashir.search; print('torch' in sys.modules, 'onnxruntime' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_compile_reaches_the_training_and_may_change_on_resume():
+    assert "compile" not in SearchConfig().train_kwargs()   # off: TrainConfig's default
+    assert SearchConfig(compile=True).train_kwargs()["compile"] is True
+    assert config_diff(SearchConfig().to_dict(), SearchConfig(compile=True).to_dict()) == []
+    with pytest.raises(SearchError, match="--compile"):
+        SearchConfig(compile="yes")

@@ -459,3 +459,41 @@ def test_evaluate_restores_mode(digits):
     m.eval()
     evaluate_module(m, digits, "val")
     assert not m.training
+
+
+def test_compile_runs_the_full_batches_through_torch_compile(digits, monkeypatch):
+    # a fake torch.compile: counts the batches it sees; the last, smaller batch and the evaluation
+    # run the module itself, so that one compilation serves the call
+    seen = []
+
+    class Fake(nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            seen.append(x.shape[0])
+            return self.m(x)
+
+    modes = []
+
+    def fake_compile(m, mode=None):
+        modes.append(mode)
+        return Fake(m)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    n = len(digits.y_train)   # 1078: 16 batches of 64 and one of 54 per epoch
+    hist = train_module(mlp(), digits, TrainConfig(epochs=2, batch_size=64, compile=True,
+                                                   compile_mode="reduce-overhead"))
+    assert modes == ["reduce-overhead"] and len(hist) == 2
+    assert seen == [64] * (2 * (n // 64))
+    seen.clear()
+    train_module(mlp(), digits, TrainConfig(epochs=1, batch_size=64))
+    assert seen == []
+
+
+def test_compile_options_are_checked():
+    with pytest.raises(TrainConfigError, match="compile_mode"):
+        TrainConfig(epochs=1, compile=True, compile_mode="fastest")
+    with pytest.raises(TrainConfigError, match="compile"):
+        TrainConfig(epochs=1, compile="yes")

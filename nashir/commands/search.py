@@ -48,6 +48,7 @@ _FIELDS = {
     "seed": "seed",
     "threads": "threads",
     "precision": "precision",
+    "compile": "compile",
     "final_warmup": "final_warmup",
     "widen_split": "widen_split",
 }
@@ -238,6 +239,12 @@ def build_config(ctx: click.Context, params: dict, stored: dict | None = None):
     default=None,
     help="Training arithmetic: auto (bf16 autocast on CUDA, float32 on CPU; the default except in the "
     "fashion preset, which uses bf16), fp32, or bf16 (pays on CPUs with AMX / AVX512-BF16).",
+)
+@click.option(
+    "--compile/--no-compile",
+    default=None,
+    help="Train the candidates through torch.compile (off by default: it pays for long trainings, not "
+    "for a few epochs per candidate; see docs/training.md).",
 )
 @click.option(
     "--final-warmup",

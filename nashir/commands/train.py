@@ -191,6 +191,9 @@ def _stage_text(path: Path, text: str) -> str:
               help="Also write the per-epoch history as JSON to this file.")
 @click.option("--progress/--no-progress", default=None,
               help="Show a progress bar [default: when stderr is a terminal].")
+@click.option("--compile", "compile_", is_flag=True,
+              help="Run the training batches through torch.compile (pays for long trainings; see "
+              "docs/training.md).")
 @click.option("--input-shape", metavar="C,H,W", default=None, help=_INPUT_SHAPE_HELP)
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
               help="Where to write the trained model (ONNX).")
@@ -199,8 +202,8 @@ def _stage_text(path: Path, text: str) -> str:
 @click.option("--external-data", is_flag=True,
               help="Store the weights in OUTPUT.data beside the model (needed above protobuf's 2 GiB).")
 def train(model, dataset, data_dir, epochs, lr_start, lr_end, batch_size, weight_decay, momentum, nesterov,
-          t_0, t_mult, trainval, augment, device, seed, threads, history_path, progress, input_shape, output,
-          opset, external_data):
+          t_0, t_mult, trainval, augment, device, seed, threads, history_path, progress, compile_,
+          input_shape, output, opset, external_data):
     """Train MODEL (ONNX) with SGD and SGDR on a data set; write the trained model to -o.
 
     SGD with momentum and weight decay, the learning rate annealed per iteration from --lr-start
@@ -241,7 +244,7 @@ def train(model, dataset, data_dir, epochs, lr_start, lr_end, batch_size, weight
         epochs=epochs, lr_start=lr_start, lr_end=lr_end, momentum=momentum, nesterov=nesterov,
         weight_decay=weight_decay, batch_size=batch_size, t_0=t_0, t_mult=t_mult, device=device, seed=seed,
         threads=threads, progress=_progress(progress), train_split="trainval" if trainval else "train",
-        eval_split="test" if trainval else "val",
+        eval_split="test" if trainval else "val", compile=compile_,
     )
     _check_device(device)
     graph = _load_model(model, input_shape)

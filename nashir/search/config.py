@@ -48,6 +48,7 @@ FLAG_NAMES: dict[str, str] = {
     "threads": "--threads",
     "passes": "--passes",
     "precision": "--precision",
+    "compile": "--compile",
     "final_warmup": "--final-warmup",
     "widen_split": "--widen-split",
     "momentum": "momentum",
@@ -58,7 +59,7 @@ FLAG_NAMES: dict[str, str] = {
 #: Fields that do not change the result of a CPU run (or that may legitimately change between a
 #: run and its resumption: where the data lives, how many threads, which device). They are stored
 #: in the ledger but not compared on ``--resume``.
-RUNTIME_KEYS = frozenset({"data_dir", "device", "threads", "preset"})
+RUNTIME_KEYS = frozenset({"data_dir", "device", "threads", "preset", "compile"})
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,9 @@ class SearchConfig:
             net2deeper, net2wider, add-skip, concat-skip).
         precision: ``auto`` (bf16 autocast on CUDA, float32 on CPU), ``fp32`` or ``bf16``
             (:class:`nashir.backends.torch.sgdr.TrainConfig`).
+        compile: Train every candidate through ``torch.compile`` (``TrainConfig.compile``); off by
+            default, as a candidate's few epochs rarely repay the compilation (docs/training.md,
+            "torch.compile"). How, not what: it may change on ``--resume``.
         final_warmup: Linear learning-rate warm-up of the final training, in epochs (>= 0;
             Goyal et al. 2017, arXiv 1706.02677, Sec. 2.2). The final SGDR call restarts at
             ``lr_start`` from a model that has converged on the training split; without a warm-up
@@ -140,6 +144,7 @@ class SearchConfig:
     threads: int | None = None
     passes: tuple[str, ...] | None = None
     precision: str = "auto"
+    compile: bool = False
     final_warmup: float = 1.0
     widen_split: str = "random"
     momentum: float = 0.9
@@ -227,7 +232,7 @@ class SearchConfig:
             )
         if self.widen_split not in ("random", "equal"):
             raise SearchError(f"{flag('widen_split')} must be random or equal, got {self.widen_split!r}")
-        for name in ("sgdr", "morph", "retrain_from_scratch"):
+        for name in ("sgdr", "morph", "retrain_from_scratch", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise SearchError(f"{flag(name)} must be a boolean, got {getattr(self, name)!r}")
         if self.retrain_from_scratch and self.lineage_epochs() == 0:
@@ -268,6 +273,8 @@ class SearchConfig:
         kw = dict(lr_start=self.lr_start, lr_end=self.lr_end, momentum=self.momentum,
                   weight_decay=self.weight_decay, batch_size=self.batch_size, sgdr=self.sgdr,
                   device=self.device, precision=self.precision, train_split="train", eval_split="val")
+        if self.compile:
+            kw["compile"] = True
         kw.update(overrides)
         return kw
 
