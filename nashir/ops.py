@@ -66,6 +66,8 @@ class OpSpec:
         channel: ``channel(node) -> behaviour`` (one of the behaviour constants) for the channel analysis.
         sign: ``sign(node, input_nonneg: list[bool]) -> bool``: output known non-negative.
         check: optional extra attribute/shape validation raising OpError.
+        min_opset: the oldest ONNX opset (default domain) that has the op with the IR's meaning;
+            export below it is refused (:func:`min_opset`).
     """
 
     op_type: str
@@ -79,6 +81,7 @@ class OpSpec:
     channel: Callable[[Any], str] = lambda node: BLOCKER
     sign: Callable[[Any, list[bool]], bool] = lambda node, nonneg: False
     check: Callable[..., None] | None = None
+    min_opset: int = 1
 
 
 OPS: dict[str, OpSpec] = {}
@@ -102,6 +105,20 @@ def get_op(op_type: str) -> OpSpec:
         raise OpError(
             f"op {op_type!r} is not in nashir's op table; supported: {', '.join(sorted(OPS))}"
         ) from None
+
+
+def min_opset(op_types) -> tuple[int, list[str]]:
+    """The oldest opset that can express every op of ``op_types`` (an iterable of op names, or a
+    Graph, whose nodes' op types are taken), and the ops that need it (empty when it is 1).
+
+    Raises:
+        OpError: an op is not in the table.
+    """
+    if hasattr(op_types, "nodes"):
+        op_types = [nd.op_type for nd in op_types.nodes]
+    need: dict[str, int] = {t: get_op(t).min_opset for t in set(op_types)}
+    lo = max(need.values(), default=1)
+    return lo, sorted(t for t, v in need.items() if v == lo and lo > 1)
 
 
 def supported_ops() -> list[str]:
@@ -318,7 +335,8 @@ for _op, _attrs, _sign in [
     ("HardSwish", {}, _all_nonneg),
 ]:
     register_op(
-        OpSpec(_op, 1, 1, _same, attrs=dict(_attrs), channel=lambda node: TRANSPARENT, sign=_sign)
+        OpSpec(_op, 1, 1, _same, attrs=dict(_attrs), channel=lambda node: TRANSPARENT, sign=_sign,
+               min_opset=14 if _op == "HardSwish" else 1)   # HardSwish-14 is the first
     )
 
 
@@ -1042,6 +1060,7 @@ def conv_out_size(size: int, k: int, stride: int = 1, pad: int = 0, dil: int = 1
 
 __all__ = [
     "OPS", "OpSpec", "AttrSpec", "REQUIRED", "register_op", "get_op", "supported_ops", "normalize_attrs",
+    "min_opset",
     "count_params", "param_values", "count_macs", "broadcast", "reshape_target", "window_out",
     "per_channel_const", "channel_aligned", "slice_range", "SLICE_TO_END", "PAD_MODES",
     "conv_out_size", "GROUPED", "TRANSPARENT", "PER_CHANNEL", "ABSORBER", "FLATTEN", "CONCAT", "COUPLER",

@@ -371,6 +371,23 @@ def test_bad_opset_is_refused_before_any_work(model, tmp_path, capsys, opset):
     assert listing(tmp_path) == before
 
 
+def test_opset_older_than_an_op_is_refused_before_any_morph(tmp_path, capsys):
+    """``--opset 13`` on a model with HardSwish (opset 14+) exits 2 before morphing, naming the op and
+    the opset to write; nothing is written. ``--opset 14`` works."""
+    from nashir import GraphBuilder
+
+    b = GraphBuilder("hsw", input_shape=(3, 6, 6))
+    g = b.build(b.conv(b.op("HardSwish", b.conv(b.input, 4, name="c1"), name="hs"), 2, name="c2"))
+    src = tmp_path / "h.onnx"
+    nashir.save(g, src)
+    before = listing(tmp_path)
+    code, out, err = run(["morph", src, "--widen", "c1", "--opset", "13"], capsys)
+    assert code == 2 and "HardSwish (opset 14+): hs" in err and "write opset 14" in err, err
+    assert "net2wider at" not in out and listing(tmp_path) == before
+    code, out, err = run(["morph", src, "--widen", "c1", "--opset", "14"], capsys)
+    assert code == 0, err
+
+
 def test_check_on_a_declared_input_of_2_31_squared(tmp_path, capsys):
     """A model declaring input N x 3 x 2**31 x 2**31: refused at import (MAX_INPUT_ELEMENTS), exit 2."""
     import onnx

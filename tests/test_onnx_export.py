@@ -143,6 +143,25 @@ def test_bad_opset(opset):
         to_onnx(g, opset=opset)
 
 
+def _hardswish_graph():
+    b = GraphBuilder("hsw", input_shape=(2, 4, 4))
+    return b.build(b.op("HardSwish", b.relu(b.input), name="hs"))
+
+
+def test_op_newer_than_the_opset_is_refused_naming_it():
+    """HardSwish exists from opset 14 (op table ``min_opset``): opset 13 is refused before anything is
+    built, naming the op, its node and the opset to write; 14 works."""
+    from nashir.ops import get_op, min_opset
+
+    assert get_op("HardSwish").min_opset == 14 and get_op("Relu").min_opset == 1
+    g = _hardswish_graph()
+    assert min_opset(g) == (14, ["HardSwish"]) and min_opset(["Relu", "Conv"]) == (1, [])
+    with pytest.raises(ExportError, match=r"opset 13 cannot express.*HardSwish \(opset 14\+\): hs.*opset 14"):
+        to_onnx(g, opset=13)
+    m = to_onnx(g, opset=14)
+    onnx.checker.check_model(m, full_check=True)
+
+
 def test_save_is_atomic_and_leaves_no_temp(tmp_path):
     b = GraphBuilder("s", input_shape=(3, 8, 8))
     g = b.build(b.relu(b.conv(b.input, 4)))

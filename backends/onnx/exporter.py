@@ -80,6 +80,24 @@ def _check_opset(opset: int) -> int:
     return int(opset)
 
 
+def check_graph_opset(graph: Graph, opset: int, error: type[Exception] = ExportError) -> None:
+    """Refuse ``opset`` when an op of ``graph`` needs a newer one (the op table's ``min_opset``),
+    naming the ops, their nodes and the oldest opset that has them (raises ``error``)."""
+    from nashir.ops import get_op
+
+    too_new: dict[str, list[str]] = {}
+    for nd in graph.nodes:
+        if get_op(nd.op_type).min_opset > opset:
+            too_new.setdefault(nd.op_type, []).append(nd.name)
+    if too_new:
+        need = max(get_op(t).min_opset for t in too_new)
+        listed = "; ".join(f"{t} (opset {get_op(t).min_opset}+): {', '.join(ns[:3])}"
+                           + (f" and {len(ns) - 3} more" if len(ns) > 3 else "")
+                           for t, ns in sorted(too_new.items()))
+        raise error(f"opset {opset} cannot express op(s) of this model: {listed}; write opset {need} or "
+                    "later")
+
+
 def _value_info(name: str, dtype: str, shape, batch_symbol: str | None) -> onnx.ValueInfoProto:
     dims: list = []
     for i, d in enumerate(shape or ()):
@@ -196,10 +214,12 @@ def to_onnx(graph: Graph, opset: int | None = None) -> onnx.ModelProto:
 
     Raises:
         ExportError: an unknown opset, or a node attribute the opset cannot express (e.g.
-            AveragePool with dilations other than 1 below opset 19).
+            AveragePool with dilations other than 1 below opset 19), or an op newer than the opset
+            (HardSwish needs 14; the op table's ``min_opset``).
         VerifyError: the graph is broken (see :meth:`~nashir.ir.Graph.verify`).
     """
     opset = _check_opset(EXPORT_OPSET if opset is None else opset)
+    check_graph_opset(graph, opset)
     graph.verify()
     batch_symbol = None
     for v in graph.inputs:

@@ -196,6 +196,10 @@ def morph(ctx, model, widen, width, factor, deepen, kernel, skip_add, skip_conca
         if out.is_dir():
             raise MorphUsageError(f"-o {str(out)!r} is a folder; give a file name such as model.onnx")
     graph = load(model, input_shape=shape)
+    if opset is not None and not list_sites:   # before any morph: an op the opset lacks fails now
+        from nashir.backends.onnx.exporter import check_graph_opset
+
+        check_graph_opset(graph, opset, MorphUsageError)
     original = graph.clone() if check else None
     rng = np.random.default_rng(seed)
     done: list[str] = []

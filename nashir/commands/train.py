@@ -248,6 +248,10 @@ def train(model, dataset, data_dir, epochs, lr_start, lr_end, batch_size, weight
     )
     _check_device(device)
     graph = _load_model(model, input_shape)
+    if opset is not None:   # before training: an op the opset lacks (HardSwish below 14) fails now
+        from nashir.backends.onnx.exporter import check_graph_opset
+
+        check_graph_opset(graph, opset, UsageError)
     data = _load_data(dataset, data_dir, seed, augment)
 
     from nashir.backends.onnx import save
