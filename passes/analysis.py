@@ -93,6 +93,93 @@ class PerChannelArray:
     block: int
 
 
+@dataclass(frozen=True)
+class ChannelShuffle:
+    """A channel permutation written as Reshape -> Transpose -> Reshape (ShuffleNet's channel
+    shuffle, Zhang et al. 2018, arXiv 1707.01083, section 3.1; Ma et al. 2018, arXiv 1807.11164,
+    section 4, Fig. 3): an ``N x C x S...`` value is reshaped to ``N x d_1 x ... x d_k x S...``
+    (``d_1 ... d_k = C``; ``N x g x C/g x H x W`` for ``g`` groups), the ``k`` channel sub-axes are
+    permuted (``perm`` fixes the batch and the spatial axes) and the result reshaped back to
+    ``N x C x S...``. Output channel ``o`` is input channel ``pi[o]``, with
+    ``pi = arange(C).reshape(d).transpose(sub_perm).reshape(-1)``.
+
+    Attributes:
+        first, transpose, last: the three nodes.
+        dims: ``(d_1, ..., d_k)``.
+        sub_perm: the permutation of the ``k`` channel sub-axes (``perm[1:k+1] - 1``).
+        pi: int64 array of length ``C``.
+    """
+
+    first: Node
+    transpose: Node
+    last: Node
+    dims: tuple[int, ...]
+    sub_perm: tuple[int, ...]
+    pi: np.ndarray = field(compare=False, hash=False)
+
+
+#: The most elements (C * H * W of one sample) a channel-shuffle pattern is checked on.
+MAX_SHUFFLE_ELEMENTS = 2**24
+
+
+def channel_shuffle(nd: Node) -> ChannelShuffle | None:
+    """The channel permutation that starts at Reshape ``nd``, or None when ``nd`` does not start one.
+
+    Recognised: ``nd`` reshapes ``N x C x S...`` (static ``C`` and ``S``) to ``N x d_1 x ... x d_k x
+    S...``; its output's only use is a Transpose whose ``perm`` keeps axis 0 and the spatial axes in
+    place; that output's only use is a Reshape back to ``N x C x S...``; neither intermediate value
+    is a graph output (checked by the caller). The permutation is computed, not assumed
+    (:class:`ChannelShuffle`).
+    """
+    if nd.op_type != "Reshape":
+        return None
+    x, y = nd.inputs[0], nd.outputs[0]
+    if x.shape is None or y.shape is None or len(x.shape) < 2 or len(y.shape) <= len(x.shape) - 1:
+        return None
+    sp = tuple(x.shape[2:])
+    k = len(y.shape) - 1 - len(sp)
+    if k < 1 or not all(isinstance(d, (int, np.integer)) for d in (*x.shape[1:], *y.shape[1:])):
+        return None
+    if y.shape[0] != x.shape[0] or tuple(y.shape[1 + k:]) != sp:
+        return None
+    dims = tuple(int(d) for d in y.shape[1:1 + k])
+    c = int(x.shape[1])
+    if int(np.prod(dims)) != c or c * int(np.prod(sp or (1,))) > MAX_SHUFFLE_ELEMENTS:
+        return None
+    if len(y.uses) != 1 or y.uses[0][0].op_type != "Transpose":
+        return None
+    t = y.uses[0][0]
+    perm = list(t.attrs.get("perm") or [])
+    r = len(y.shape)
+    if len(perm) != r or perm[0] != 0 or any(perm[j] != j for j in range(1 + k, r)):
+        return None
+    z = t.outputs[0]
+    if len(z.uses) != 1 or z.uses[0][0].op_type != "Reshape":
+        return None
+    last = z.uses[0][0]
+    if last.inputs[0] is not z or tuple(last.outputs[0].shape or ()) != tuple(x.shape):
+        return None
+    sub = tuple(int(p) - 1 for p in perm[1:1 + k])
+    pi = np.arange(c, dtype=np.int64).reshape(dims).transpose(sub).reshape(-1)
+    return ChannelShuffle(nd, t, last, dims, sub, pi)
+
+
+def _channel_slice(nd: Node, v: Value) -> tuple[int, int] | None:
+    """``(start, end)`` of a Slice of ``v``'s channel axis with step 1 (other sliced axes spatial), or
+    None when ``nd`` is not such a Slice."""
+    if nd.op_type != "Slice" or v.shape is None or len(v.shape) < 2:
+        return None
+    r = len(v.shape)
+    axes = [a + r if a < 0 else a for a in nd.attrs.get("axes") or range(len(nd.attrs["starts"]))]
+    if 1 not in axes or 0 in axes:
+        return None
+    i = axes.index(1)
+    if nd.attrs["steps"][i] != 1 or not isinstance(v.shape[1], (int, np.integer)):
+        return None
+    b, e, _ = _ops.slice_range(int(v.shape[1]), nd.attrs["starts"][i], nd.attrs["ends"][i], 1)
+    return b, e
+
+
 @dataclass
 class ChannelFlow:
     """The result of :func:`channel_flow`.
@@ -110,6 +197,13 @@ class ChannelFlow:
             the producer group and among the absorbers (1 when there are none). A new channel
             layout must then keep ``G`` blocks: new channels ``k*q/G ... (k+1)*q/G - 1`` copy
             only old channels ``k*n/G ... (k+1)*n/G - 1`` (:func:`grouped_conv_groups`).
+        labels: for a *permuted* value (past a channel shuffle or a Slice of the channel axis; only
+            with ``channel_flow(..., permuted=True)``): value name -> int64 array over its axis 1,
+            element ``p`` holding source channel ``labels[p]`` (``-1``: another channel). Such a
+            value is listed in ``carried`` (and its absorbers and per-channel arrays) with offset
+            ``-1``.
+        slices: the Slices of the channel axis that the flow passes (their bounds change).
+        shuffles: the channel shuffles it passes (:class:`ChannelShuffle`; their shapes change).
     """
 
     source: str
@@ -120,10 +214,27 @@ class ChannelFlow:
     absorbers: list[Absorber] = field(default_factory=list)
     reason: str | None = None
     groups: int = 1
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
+    slices: list[Node] = field(default_factory=list)
+    shuffles: list[ChannelShuffle] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return self.reason is None
+
+    @property
+    def permuted(self) -> bool:
+        """True when some value carries the source channels at arbitrary positions (after a channel
+        shuffle or a Slice of the channel axis; see :attr:`labels`). Such a flow is widened with the
+        uniform in-place layout only (:func:`nashir.passes.transforms.kronecker_mapping`)."""
+        return bool(self.labels)
+
+    def elements(self, value: Value) -> int:
+        """How many elements of ``value``'s axis 1 hold a source channel (each source channel once
+        per segment, ``block`` elements each; or the labelled positions of a permuted value)."""
+        if value.name in self.labels:
+            return int(np.count_nonzero(self.labels[value.name] >= 0))
+        return sum(self.width * b for _, b in self.segments(value))
 
     def segments(self, value: Value) -> list[tuple[int, int]]:
         """Sorted ``(offset, block)`` segments that ``value`` carries (empty if none)."""
@@ -140,6 +251,9 @@ class ChannelFlow:
             "absorbers": [[a.node.name, a.input, a.offset, a.block] for a in self.absorbers],
             "reason": self.reason,
             "groups": self.groups,
+            "labels": {k: [int(x) for x in v] for k, v in self.labels.items()},
+            "slices": [nd.name for nd in self.slices],
+            "shuffles": [[sh.first.name, sh.transpose.name, sh.last.name] for sh in self.shuffles],
         }
 
 
@@ -309,9 +423,83 @@ def _trace_back(value: Value, offset: int, block: int, n: int) -> list[Node]:
     return found
 
 
+def _shuffle_ending_at(nd: Node) -> ChannelShuffle | None:
+    """The channel shuffle whose last Reshape is ``nd`` (None when there is none)."""
+    t = nd.inputs[0].producer if nd.op_type == "Reshape" else None
+    first = t.inputs[0].producer if t is not None and t.op_type == "Transpose" else None
+    sh = channel_shuffle(first) if first is not None else None
+    return sh if sh is not None and sh.last is nd else None
+
+
+def _trace_back_positions(value: Value, positions: np.ndarray, n: int) -> list[Node]:
+    """Producers behind elements ``positions`` of ``value``'s channel axis, through transparent and
+    per-channel ops, sums, Concat, channel Slices and channel shuffles: the producers a channel
+    shuffle couples to the group (every element of its input must be a widened channel). A
+    producer met with only some of its channels joins with all of them. Raises _Stop when an
+    element comes from something that cannot be widened, or from a producer of another width."""
+    found: list[Node] = []
+    stack = [(value, np.asarray(positions, dtype=np.int64))]
+    seen: set[tuple[int, bytes]] = set()
+    while stack:
+        v, ps = stack.pop()
+        if (id(v), ps.tobytes()) in seen or not len(ps):
+            continue
+        seen.add((id(v), ps.tobytes()))
+        nd = v.producer
+        if nd is None:
+            raise _Stop(f"a channel shuffle mixes the widened channels with {v.name!r}, a graph input, which "
+                        "cannot be widened")
+        beh = _ops.get_op(nd.op_type).channel(nd)
+        if _is_producer(nd) and beh in (_ops.ABSORBER, _ops.GROUPED):
+            w = _producer_width(nd)
+            if w != n:
+                raise _Stop(f"a channel shuffle mixes the widened {n} channels with those of {nd.name!r} "
+                            f"({nd.op_type}, {w} channels); the producers it couples must have one width")
+            if all(f is not nd for f in found):
+                found.append(nd)
+            continue
+        cs = _channel_slice(nd, nd.inputs[0])
+        if cs is not None:
+            stack.append((nd.inputs[0], ps + cs[0]))
+            continue
+        sh = _shuffle_ending_at(nd)
+        if sh is not None:
+            stack.append((sh.first.inputs[0], sh.pi[ps]))
+            continue
+        if beh == _ops.TRANSPARENT:
+            stack.append((nd.inputs[0], ps))
+        elif beh == _ops.PER_CHANNEL:
+            x = nd.inputs[_data_input_of_per_channel(nd)]
+            why = _broadcast_reason(nd, x)
+            if why is not None:
+                raise _Stop(f"a channel shuffle couples it with {v.name!r}: {why}")
+            stack.append((x, ps))
+        elif beh == _ops.COUPLER:
+            stack.extend((x, ps) for x in nd.inputs)
+        elif beh == _ops.CONCAT:
+            start = 0
+            for x in nd.inputs:
+                w = _int_dim(x, 1)
+                if w is None:
+                    raise _Stop(f"concat {nd.name!r} has an input {x.name!r} of unknown width")
+                mine = ps[(ps >= start) & (ps < start + w)]
+                stack.append((x, mine - start))
+                start += w
+        else:
+            raise _Stop(f"a channel shuffle mixes the widened channels with {v.name!r}, produced by "
+                        f"{nd.name!r} ({nd.op_type}), which cannot be widened")
+    return found
+
+
 def _sweep(graph: Graph, pos: dict[int, int], seeds: list[Value], n: int, couple: bool,
-           producers: list[Node]) -> tuple[dict[int, set], list[PerChannelArray], list[Absorber]]:
+           producers: list[Node], permuted: bool = False, labs: dict[int, np.ndarray] | None = None,
+           shuffles: list[ChannelShuffle] | None = None, slices: list[Node] | None = None,
+           ) -> tuple[dict[int, set], list[PerChannelArray], list[Absorber]]:
     segs: dict[int, set[tuple[int, int]]] = {id(v): {(0, 1)} for v in seeds}
+    labs = {} if labs is None else labs   # permuted values: label per element of axis 1 (-1: not carried)
+    shuffles = [] if shuffles is None else shuffles
+    slices = [] if slices is None else slices
+    outs = {id(v) for v in graph.outputs}
     heap: list[int] = []
     queued: set[int] = set()
     nodes = graph.nodes
@@ -323,15 +511,84 @@ def _sweep(graph: Graph, pos: dict[int, int], seeds: list[Value], n: int, couple
                 queued.add(id(u))
                 heapq.heappush(heap, pos[id(u)])
 
+    def lab_of(v: Value) -> np.ndarray:
+        if id(v) in labs:
+            return labs[id(v)]
+        out = np.full(_int_dim(v, 1), -1, dtype=np.int64)
+        for o, b in segs.get(id(v), ()):
+            if b != 1:
+                raise _Stop(f"{v.name!r} carries flattened columns (block {b}); a channel slice or "
+                            "shuffle of it is not supported")
+            out[o:o + n] = np.arange(n)
+        return out
+
+    def put_labels(v: Value, lab: np.ndarray) -> None:
+        labs[id(v)] = lab
+        push(v)
+
     for v in seeds:
         push(v)
     per_channel: list[PerChannelArray] = []
     absorbers: list[Absorber] = []
     while heap:
         nd = nodes[heapq.heappop(heap)]
-        carried = [(i, v) for i, v in enumerate(nd.inputs) if v is not None and id(v) in segs]
+        carried = [(i, v) for i, v in enumerate(nd.inputs)
+                   if v is not None and (id(v) in segs or id(v) in labs)]
+        lab_in = [v for _, v in carried if id(v) in labs]
         beh = _ops.get_op(nd.op_type).channel(nd)
         out: set[tuple[int, int]] | None = None
+        cs = _channel_slice(nd, nd.inputs[0]) if permuted else None
+        sh = channel_shuffle(nd) if permuted and nd.op_type == "Reshape" else None
+        if sh is not None and (id(sh.first.outputs[0]) in outs or id(sh.transpose.outputs[0]) in outs):
+            sh = None
+        if cs is not None:   # Slice of the channel axis: the labels of elements start..end-1
+            lab = lab_of(nd.inputs[0])[cs[0]:cs[1]]
+            slices.append(nd)
+            if (lab >= 0).any():
+                put_labels(nd.outputs[0], lab)
+            continue
+        if sh is not None:   # a channel shuffle: output channel o is input channel pi[o]
+            lab = lab_of(nd.inputs[0])
+            if (lab < 0).any():
+                # every channel it mixes must be widened alike: the producers behind the others join
+                if not couple:
+                    raise _Stop(f"{nd.inputs[0].name!r} flows into the channel shuffle {nd.name!r} together "
+                                "with channels of other producers, which would have to change too")
+                found = _trace_back_positions(nd.inputs[0], np.nonzero(lab < 0)[0], n)
+                new = [pr for pr in found if all(pr is not q for q in [*producers, *pending])]
+                if not new:
+                    raise _Stop(f"the channel shuffle {nd.name!r} cannot be made to mix only widened "
+                                "channels")
+                pending.extend(new)
+                continue
+            shuffles.append(sh)
+            put_labels(sh.last.outputs[0], lab[sh.pi])
+            continue
+        if lab_in and beh in (_ops.TRANSPARENT, _ops.PER_CHANNEL):
+            di = 0 if beh == _ops.TRANSPARENT else _data_input_of_per_channel(nd)
+            if any(i != di for i, _ in carried):
+                raise _Stop(_blocker_reason(nd, carried[0][1]))
+            if beh == _ops.PER_CHANNEL:
+                why = _broadcast_reason(nd, nd.inputs[di])
+                if why is not None:
+                    raise _Stop(why)
+                per_channel.extend(_per_channel_arrays(nd, nd.inputs[di], -1, 1))
+            put_labels(nd.outputs[0], labs[id(nd.inputs[di])])
+            continue
+        if lab_in and beh == _ops.ABSORBER:
+            for i, v in carried:
+                if i != 0:
+                    raise _Stop(_blocker_reason(nd, v))
+                absorbers.append(Absorber(nd, 0, -1, 1))
+            continue
+        if lab_in and beh == _ops.CONCAT:
+            put_labels(nd.outputs[0], np.concatenate([lab_of(x) if id(x) in segs or id(x) in labs
+                                                      else np.full(_int_dim(x, 1), -1, dtype=np.int64)
+                                                      for x in nd.inputs]))
+            continue
+        if lab_in:
+            raise _Stop(f"{lab_in[0].name!r} carries the widened channels at shuffled positions and flows "
+                        f"into {nd.name!r} ({nd.op_type}), which only follows contiguous channels")
         if beh == _ops.TRANSPARENT:
             if any(i != 0 for i, _ in carried):
                 raise _Stop(_blocker_reason(nd, carried[0][1]))
@@ -422,7 +679,8 @@ def _sweep(graph: Graph, pos: dict[int, int], seeds: list[Value], n: int, couple
     return segs, per_channel, absorbers
 
 
-def channel_flow(graph: Graph, source: Node | Value | str, couple: bool = True) -> ChannelFlow:
+def channel_flow(graph: Graph, source: Node | Value | str, couple: bool = True,
+                 permuted: bool = False) -> ChannelFlow:
     """Follow the channel axis from a producer (or a value) to every node it reaches.
 
     Args:
@@ -431,6 +689,10 @@ def channel_flow(graph: Graph, source: Node | Value | str, couple: bool = True) 
             or a :class:`Value` to start at that value (as a concat skip does at its target).
         couple: follow residual sums (Add) by joining the producers of the other operand to the
             producer group; when False a residual sum makes the flow not applicable.
+        permuted: follow channel shuffles (:func:`channel_shuffle`) and Slices of the channel axis,
+            which carry the channels at arbitrary positions (:attr:`ChannelFlow.labels`); a shuffle
+            then couples every producer whose channels it mixes. Only a pass that widens with the
+            uniform in-place layout may ask for this (net2wider); by default both block.
 
     Returns:
         A :class:`ChannelFlow`; ``flow.reason`` is None when applicable, else says why not
@@ -468,8 +730,12 @@ def channel_flow(graph: Graph, source: Node | Value | str, couple: bool = True) 
     outputs = {id(v): v for v in graph.outputs}
     for _ in range(len(graph.nodes) + 1):
         cur_seeds = seeds + [p.outputs[0] for p in producers]
+        labs: dict[int, np.ndarray] = {}
+        shuffles: list[ChannelShuffle] = []
+        slices: list[Node] = []
         try:
-            segs, per_channel, absorbers = _sweep(graph, pos, cur_seeds, n, couple, producers)
+            segs, per_channel, absorbers = _sweep(graph, pos, cur_seeds, n, couple, producers, permuted, labs,
+                                                  shuffles, slices)
         except _Restart as r:
             producers = producers + r.producers
             continue
@@ -481,7 +747,7 @@ def channel_flow(graph: Graph, source: Node | Value | str, couple: bool = True) 
     else:  # pragma: no cover - producers only grow, so this cannot loop forever
         flow.reason = "the producer group did not settle"
         return flow
-    hit = [outputs[k] for k in segs if k in outputs]
+    hit = [outputs[k] for k in [*segs, *labs] if k in outputs]
     flow.producers = sorted(producers, key=lambda p: (p is not producers[0], pos[id(p)]))
     if hit:
         flow.reason = (f"{hit[0].name!r} is a graph output and carries these channels; changing its width "
@@ -495,6 +761,12 @@ def channel_flow(graph: Graph, source: Node | Value | str, couple: bool = True) 
         by_id[id(v)] = v
     flow.carried = [Carried(by_id[k], o, b) for k in sorted(segs, key=lambda k: _order(by_id[k], pos))
                     for o, b in sorted(segs[k])]
+    if labs:
+        flow.carried += [Carried(by_id[k], -1, 1) for k in sorted(labs, key=lambda k: _order(by_id[k], pos))]
+        flow.carried.sort(key=lambda c: _order(c.value, pos))
+        flow.labels = {by_id[k].name: lab for k, lab in labs.items()}
+    flow.slices = slices
+    flow.shuffles = shuffles
     flow.per_channel = per_channel
     flow.absorbers = absorbers
     groups = 1
@@ -631,5 +903,6 @@ def layer_outputs(graph: Graph) -> list[Value]:
 __all__ = [
     "Carried", "Absorber", "PerChannelArray", "ChannelFlow", "channel_flow", "nonneg_values", "is_nonneg",
     "is_layer_output", "layer_outputs", "resolve_value", "PRODUCER_OPS", "grouped_conv_groups",
-    "new_params_bound", "MIN_NEW_PARAMS", "NEW_PARAMS_SHARE",
+    "new_params_bound", "MIN_NEW_PARAMS", "NEW_PARAMS_SHARE", "ChannelShuffle", "channel_shuffle",
+    "MAX_SHUFFLE_ELEMENTS",
 ]

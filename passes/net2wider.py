@@ -14,12 +14,15 @@ import numpy as np
 
 from nashir.errors import GraphError, NashirError, NotApplicable, PassError
 from nashir.ir import Graph, Node
+from nashir.ops import slice_range
 
-from .analysis import ChannelFlow, channel_flow, grouped_conv_groups
+from .analysis import ChannelFlow, channel_flow, grouped_conv_groups, new_params_bound
 from .base import Pass, PassResult, Site, as_rng, register_pass
 from .transforms import (
     SPLITS,
     grouped_widen_mapping,
+    kronecker_mapping,
+    label_map,
     replica_split,
     segment_map,
     split_columns,
@@ -97,6 +100,14 @@ def remap_channels(graph: Graph, flow: ChannelFlow, local_idx: np.ndarray,
     n = flow.width
     local_idx = np.asarray(local_idx, dtype=np.int64)
     q = len(local_idx)
+    if (flow.permuted or flow.slices) and ((local_idx < 0).any() or (np.diff(local_idx) < 0).any()):
+        raise PassError(f"remap_channels: the channel flow from {flow.source!r} passes a channel shuffle or "
+                        "slice, which needs the in-place layout (a sorted local_idx without fresh channels, "
+                        "e.g. kronecker_mapping(n, q))")
+    if flow.shuffles and (q % n or np.any(np.bincount(local_idx, minlength=n) != q // n)):
+        raise PassError(f"remap_channels: the channel flow from {flow.source!r} passes a channel shuffle, "
+                        "which needs every channel copied equally often (kronecker_mapping(n, q), q a "
+                        f"multiple of {n}); got q={q}")
     new: dict[tuple[int, int], tuple[Node, int, np.ndarray]] = {}
 
     def cur(node: Node, i: int) -> np.ndarray:
@@ -121,6 +132,11 @@ def remap_channels(graph: Graph, flow: ChannelFlow, local_idx: np.ndarray,
     maps: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
     def value_map(v) -> tuple[np.ndarray, np.ndarray]:
+        if v.name in flow.labels:
+            key = ("labels", v.name)
+            if key not in maps:
+                maps[key] = label_map(flow.labels[v.name], local_idx, local_weight)
+            return maps[key]
         key = (int(v.shape[1]), tuple(sorted(segs_of.get(id(v), ()))))
         if key not in maps:
             maps[key] = segment_map(key[0], key[1], n, local_idx, local_weight)
@@ -154,15 +170,47 @@ def remap_channels(graph: Graph, flow: ChannelFlow, local_idx: np.ndarray,
                                 "grouped_widen_mapping(n, q, flow.groups, rng)") from None
         else:
             put(a.node, 1, split_columns(cur(a.node, 1), idx, w, axis=1))
+    # Slices of the channel axis: in the in-place layout an old bound b becomes the number of new
+    # elements before old element b
+    new_attrs: list[tuple[Node, dict]] = []
+    for sl in flow.slices:
+        x = sl.inputs[0]
+        carried_x = x.name in flow.labels or id(x) in segs_of
+        idx = value_map(x)[0] if carried_x else np.arange(x.shape[1])
+        r = len(x.shape)
+        axes = [a + r if a < 0 else a for a in sl.attrs["axes"]]
+        i = axes.index(1)
+        b, e, _ = slice_range(int(x.shape[1]), sl.attrs["starts"][i], sl.attrs["ends"][i], 1)
+        starts, ends = list(sl.attrs["starts"]), list(sl.attrs["ends"])
+        starts[i], ends[i] = int(np.searchsorted(idx, b)), int(np.searchsorted(idx, e))
+        new_attrs.append((sl, {**sl.attrs, "starts": starts, "ends": ends}))
+    # channel shuffles: an inner sub-axis of size f that stays in place (kronecker_mapping)
+    for sh in flow.shuffles:
+        f = q // n
+        k = len(sh.dims)
+        spatial = [int(d) for d in sh.first.inputs[0].shape[2:]]
+        c = int(np.prod(sh.dims))
+        if sh.sub_perm[-1] == k - 1:          # the innermost sub-axis stays innermost: it grows
+            dims, sub = [*sh.dims[:-1], sh.dims[-1] * f], list(sh.sub_perm)
+        else:                                 # a new innermost sub-axis of size f
+            dims, sub = [*sh.dims, f], [*sh.sub_perm, k]
+        batch = [int(cur(sh.first, 1)[0])]
+        put(sh.first, 1, np.array(batch + dims + spatial, dtype=np.int64))
+        put(sh.last, 1, np.array([int(cur(sh.last, 1)[0]), c * f, *spatial], dtype=np.int64))
+        perm = [0] + [1 + p for p in sub] + list(range(1 + len(dims), 1 + len(dims) + len(spatial)))
+        new_attrs.append((sh.transpose, {**sh.transpose.attrs, "perm": perm}))
     # --- commit: unshare, then set, then infer shapes (restored on failure)
     targets = [(node, i, arr) for node, i, arr in new.values()]
     values = [_private_const(graph, node, i) for node, i, _ in targets]
     old_arrays = [v.const for v in values]
     old_attrs = [(node, dict(node.attrs)) for node, _, _ in attrs]
+    old_attrs += [(nd, dict(nd.attrs)) for nd, _ in new_attrs]
     for v, (_, _, arr) in zip(values, targets):
         graph.set_const(v, arr)
     for node, key, val in attrs:
         node.attrs = {**node.attrs, key: int(val)}
+    for nd, a in new_attrs:
+        nd.attrs = a
     try:
         graph.infer_shapes()
     except NashirError as e:
@@ -173,6 +221,46 @@ def remap_channels(graph: Graph, flow: ChannelFlow, local_idx: np.ndarray,
         raise PassError(
             f"changing the channels of {flow.source!r} to {q} left shapes that do not infer: {e}") from e
     return {"changed": sorted(v.name for v in values)}
+
+
+def new_params(flow: ChannelFlow, q: int) -> int:
+    """Parameters that widening ``flow`` from ``n`` to ``q`` channels adds, from shapes alone.
+
+    Each new source channel adds one row (fan-in ``C_in/group * kH * kW``, or ``in`` for a Gemm)
+    and one bias entry to every producer; every element of a carried value that holds a source
+    channel grows into ``q / n`` elements on average (exactly ``f`` for the in-place layout of a
+    permuted flow, ``block`` per segment otherwise), and each new element adds a column of
+    ``C_out/group * kH * kW`` weights to each absorber reading it and one entry to each per-channel
+    array on it (BatchNorm's four, a depthwise kernel's ``kH * kW`` and bias). So
+
+    ``growth = (q - n) * (sum_producers fan_in + bias) + (q - n) / n * sum_{absorbers, arrays}
+    cost * elements``
+
+    with ``elements`` = :meth:`ChannelFlow.elements`. Net2Net section 2.2 for the rows and columns.
+    """
+    n = flow.width
+    rows = 0
+    for p in flow.producers:
+        w = p.inputs[1].const
+        rows += int(np.prod(w.shape[1:])) + (1 if len(p.inputs) > 2 and p.inputs[2] is not None else 0)
+    acc = 0
+    seen: set[tuple[int, int]] = set()
+    for a in flow.absorbers:
+        if (id(a.node), a.input) in seen:
+            continue
+        seen.add((id(a.node), a.input))
+        w = a.node.inputs[1].const
+        acc += (w.shape[0] // grouped_conv_groups(a.node)) * int(np.prod(w.shape[2:])) * \
+            flow.elements(a.node.inputs[a.input])
+    for pc in flow.per_channel:
+        if pc.axis is None or (id(pc.node), pc.input) in seen:
+            continue
+        seen.add((id(pc.node), pc.input))
+        arr = pc.node.inputs[pc.input].const
+        per_op_data = pc.node.op_type in ("BatchNormalization", "Conv", "InstanceNormalization", "PRelu")
+        data = pc.node.inputs[0] if per_op_data else pc.node.inputs[1 - pc.input]
+        acc += arr.size // arr.shape[pc.axis] * flow.elements(data)
+    return int((q - n) * rows + ((q - n) * acc) // n)
 
 
 @register_pass
@@ -188,12 +276,25 @@ class Net2Wider(Pass):
     whole ``H*W`` column blocks; producers coupled through residual sums are widened with the same
     ``g``. Source: Net2Net section 2.2; NASH section 4.1 (type II).
 
+    Through a channel shuffle (ShuffleNet, arXiv 1707.01083 / 1807.11164) or a Slice of the channel
+    axis the widening uses the uniform in-place layout (:func:`~nashir.passes.transforms.kronecker_mapping`:
+    ``q = f * n``, every channel copied ``f`` times next to itself), and every producer whose
+    channels a shuffle mixes joins the group; the shuffle keeps its Reshape -> Transpose -> Reshape
+    form with an inner sub-axis of size ``f``, and slice bounds scale by ``f``.
+
+    **Size bound.** One widening adds at most ``max_new_params`` parameters (default
+    :func:`~nashir.passes.analysis.new_params_bound`: ``max(2**20, params(graph))``), computed
+    from shapes before any array is made (:func:`new_params`): a factor of ``factors`` over it is
+    not drawn, a producer where every factor is over is not a site, and an explicit width or
+    factor over it is not applicable.
+
     Args:
         width: the new width ``q`` (must exceed the current one), or
         factor: ``q = ceil(n * factor)`` (> 1); with neither, a factor drawn from ``factors``.
         factors: the factors drawn when neither is given; NASH section 5.1 samples the widening
             factor from {2, 4}.
         split: ``"equal"`` or ``"random"``.
+        max_new_params: the most parameters one widening may add (None: ``max(2**20, params)``).
 
     Raises:
         PassError: inconsistent options.
@@ -204,7 +305,8 @@ class Net2Wider(Pass):
     description = "widen a Conv/Gemm by copying channels (Net2WiderNet); coupled producers too"
 
     def __init__(self, width: int | None = None, factor: float | None = None,
-                 factors: tuple[float, ...] = (2, 4), split: str = "equal"):
+                 factors: tuple[float, ...] = (2, 4), split: str = "equal",
+                 max_new_params: int | None = None):
         if width is not None and factor is not None:
             raise PassError("net2wider: give either width or factor, not both")
         if width is not None and not (isinstance(width, (int, np.integer, float)) and math.isfinite(width)
@@ -220,21 +322,61 @@ class Net2Wider(Pass):
                 f"net2wider: every factor in factors must be a finite number larger than 1, got {factors!r}")
         if split not in SPLITS:
             raise PassError(f"net2wider: split must be one of {', '.join(SPLITS)}, got {split!r}")
+        if max_new_params is not None and not (isinstance(max_new_params, (int, np.integer))
+                                               and max_new_params >= 0):
+            raise PassError(f"net2wider: max_new_params must be an integer >= 0, got {max_new_params!r}")
         self.width = None if width is None else int(width)
         self.factor = factor
         self.factors = tuple(factors)
         self.split = split
+        self.max_new_params = max_new_params
 
-    def target_width(self, n: int, rng: np.random.Generator | None = None, groups: int = 1) -> int:
-        """The new width for a producer of ``n`` channels (draws a factor when none is set); with
-        ``groups`` > 1 (channels tied to grouped Convs) rounded up to a multiple of ``groups``."""
+    def target_width(self, n: int, rng: np.random.Generator | None = None, groups: int = 1,
+                     factor: float | None = None) -> int:
+        """The new width for a producer of ``n`` channels (``factor``, else the configured one, else
+        one drawn from ``factors``); with ``groups`` > 1 (channels tied to grouped Convs) rounded up
+        to a multiple of ``groups``."""
         if self.width is not None:
             return self.width
-        f = self.factor
+        f = factor if factor is not None else self.factor
         if f is None:
             f = self.factors[int(rng.integers(len(self.factors)))] if rng is not None else self.factors[0]
         q = max(n + 1, int(math.ceil(min(n * f, MAX_WIDTH + 1.0) - 1e-9)))  # capped: check() refuses it
         return -(-q // groups) * groups
+
+    def _candidates(self, graph: Graph, flow: ChannelFlow) -> tuple[list[int], str | None]:
+        """The widths this pass may give ``flow`` (one per factor of ``factors`` that fits, or the
+        configured width/factor) and, when there is none, why."""
+        n, nd = flow.width, flow.producers[0]
+        bound = new_params_bound(graph, self.max_new_params)
+        fixed = self.width is not None or self.factor is not None
+        offers = ([(None, self.target_width(n, groups=flow.groups))] if fixed else
+                  [(f, self.target_width(n, groups=flow.groups, factor=f)) for f in self.factors])
+        ok: list[int] = []
+        why: list[str] = []
+        for f, q in offers:
+            what = f"width {q}" if self.width is not None else f"factor {f if f is not None else self.factor}"
+            if flow.permuted and q % n:
+                why.append(f"{what} ({n} -> {q} channels) is not a whole multiple of {n}: the flow passes a "
+                           f"channel shuffle or slice ({self._permuted_where(flow)}), which is widened by "
+                           "copying every channel equally often; give an integer factor")
+                continue
+            grow = new_params(flow, q)
+            if grow > bound:
+                why.append(f"{what} ({n} -> {q} channels) would add {grow:,} parameters, over the bound of "
+                           f"{bound:,} for one morph (max(2**20, params of the model) unless "
+                           "max_new_params is given); give a smaller factor or width")
+                continue
+            ok.append(q)
+        if ok:
+            return ok, None
+        return ok, f"widening {nd.name!r}: " + "; ".join(why)
+
+    @staticmethod
+    def _permuted_where(flow: ChannelFlow) -> str:
+        names = [sh.first.name for sh in flow.shuffles] + [sl.name for sl in flow.slices]
+        more = f" and {len(names) - 2} more" if len(names) > 2 else ""
+        return ", ".join(repr(x) for x in names[:2]) + more
 
     def _node(self, graph: Graph, site: NodeSite) -> Node | str:
         try:
@@ -246,10 +388,10 @@ class Net2Wider(Pass):
         nd = self._node(graph, site)
         if isinstance(nd, str):
             return None, nd
-        flow = channel_flow(graph, nd)
+        flow = channel_flow(graph, nd, permuted=True)
         if not flow.ok:
             return flow, flow.reason
-        return flow, self._width_reason(nd, flow.width, flow.groups)
+        return flow, self._width_reason(nd, flow.width, flow.groups) or self._candidates(graph, flow)[1]
 
     def _width_reason(self, nd: Node, n: int, groups: int = 1) -> str | None:
         """Why the configured width or factor does not fit a producer of ``n`` channels (or None)."""
@@ -280,9 +422,10 @@ class Net2Wider(Pass):
         for nd in graph.nodes:
             if nd.op_type not in ("Conv", "Gemm") or id(nd) in seen:
                 continue
-            flow = channel_flow(graph, nd)
+            flow = channel_flow(graph, nd, permuted=True)
             seen.update(id(p) for p in flow.producers)
-            if flow.ok and self._width_reason(nd, flow.width, flow.groups) is None:
+            if (flow.ok and self._width_reason(nd, flow.width, flow.groups) is None
+                    and self._candidates(graph, flow)[1] is None):
                 out.append(NodeSite(nd.name))
         return out
 
@@ -304,8 +447,9 @@ class Net2Wider(Pass):
         pos: dict[int, int] | None = None
         for _ in range(self.DRAW_TRIES if cands else 0):
             nd = cands[int(rng.integers(len(cands)))]
-            flow = channel_flow(graph, nd)
-            if not flow.ok or self._width_reason(nd, flow.width, flow.groups) is not None:
+            flow = channel_flow(graph, nd, permuted=True)
+            if (not flow.ok or self._width_reason(nd, flow.width, flow.groups) is not None
+                    or self._candidates(graph, flow)[1] is not None):
                 continue
             if len(flow.producers) > 1:
                 pos = pos or {id(x): i for i, x in enumerate(graph.nodes)}
@@ -326,19 +470,32 @@ class Net2Wider(Pass):
     def _widen(self, graph: Graph, flow: ChannelFlow, rng: np.random.Generator) -> PassResult:
         nd = flow.producers[0]
         n = flow.width
-        q = self.target_width(n, rng, flow.groups)
-        g = grouped_widen_mapping(n, q, flow.groups, rng)
+        widths, why = self._candidates(graph, flow)
+        if why is not None:
+            raise NotApplicable(f"{self.name} does not apply at {nd.name}: {why}")
+        # one factor drawn among those within the bound (the same draw as before when all fit)
+        q = widths[0] if len(widths) == 1 and (self.width is not None or self.factor is not None) else \
+            widths[int(rng.integers(len(widths)))]
+        grow = new_params(flow, q)
+        if flow.permuted or flow.slices:
+            g = kronecker_mapping(n, q)
+        else:
+            g = grouped_widen_mapping(n, q, flow.groups, rng)
         s = replica_split(g, n, self.split, rng)
         remap_channels(graph, flow, g, s, producer_rows=True)
         info = {
             "node": nd.name, "producers": [p.name for p in flow.producers], "from": int(n), "to": int(q),
-            "split": self.split, "new_sources": [int(x) for x in g[n:]],
+            "split": self.split, "new_sources": [int(x) for x in g[n:]], "new_params": grow,
         }
-        if flow.groups > 1:   # new channels sit at the end of each group
+        if flow.permuted or flow.slices:   # every channel c becomes c*f ... c*f + f - 1
+            info["layout"] = "in-place"
+            info["shuffles"] = [sh.first.name for sh in flow.shuffles]
+            info["slices"] = [sl.name for sl in flow.slices]
+        elif flow.groups > 1:   # new channels sit at the end of each group
             per = q // flow.groups
             info["new_sources"] = [int(x) for j, x in enumerate(g) if j % per >= n // flow.groups]
             info["groups"] = int(flow.groups)
         return PassResult(graph, True, info)
 
 
-__all__ = ["Net2Wider", "NodeSite", "remap_channels"]
+__all__ = ["Net2Wider", "NodeSite", "remap_channels", "new_params"]

@@ -54,6 +54,67 @@ def grouped_widen_mapping(n: int, q: int, groups: int, rng: np.random.Generator)
     return np.concatenate([base + np.arange(m, dtype=np.int64)[None, :], base + extra], axis=1).reshape(-1)
 
 
+def kronecker_mapping(n: int, q: int) -> np.ndarray:
+    """The uniform in-place widening ``g(j) = floor(j / f)`` for ``q = f * n``: every old channel
+    ``c`` becomes the ``f`` consecutive channels ``c*f ... c*f + f - 1``.
+
+    It is Net2Net's mapping (arXiv 1511.05641, section 2.2) with every channel copied equally often
+    and the copies placed next to their source, so that a value carrying old channel ``c`` at element
+    ``p`` carries its replicas at ``f*p ... f*p + f - 1`` of the widened value: a Slice of the channel
+    axis ``[s, e)`` becomes ``[f*s, f*e)``, and a channel permutation ``pi`` (a ShuffleNet shuffle)
+    becomes ``pi'(f*o + r) = f*pi(o) + r``, the same Reshape -> Transpose -> Reshape with an inner
+    sub-axis of size ``f`` that stays in place. It keeps grouped-conv groups (the copies of a channel
+    stay in its group).
+
+    Raises:
+        ValueError: ``q`` is not a multiple ``f >= 1`` of ``n``.
+    """
+    if n < 1 or q < n or q % n:
+        raise ValueError(f"kronecker_mapping needs q a multiple of n >= 1, got n={n}, q={q}")
+    return np.repeat(np.arange(n, dtype=np.int64), q // n)
+
+
+def label_map(labels: np.ndarray, local_idx: np.ndarray,
+              local_weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Channel map of a widened axis whose old elements hold source channels at arbitrary positions.
+
+    Each old element ``p`` holding source channel ``c = labels[p] >= 0`` is replaced, in place, by
+    the elements of its replicas ``R(c) = {j : local_idx[j] = c}`` (in increasing ``j``); an element
+    with ``labels[p] = -1`` stays one element. With a sorted ``local_idx``
+    (:func:`kronecker_mapping`) this is what :func:`segment_map` gives for contiguous segments.
+
+    Args:
+        labels: int array over the old axis, source channel per element or ``-1``.
+        local_idx: length ``q``; new source channel ``j`` copies old channel ``local_idx[j]``
+            (no ``-1``: every new channel has a source).
+        local_weight: length ``q`` factor per new channel (default 1).
+
+    Returns:
+        ``(idx, weight)`` over the new axis: old element copied and its factor.
+
+    Raises:
+        ValueError: a fresh (``-1``) entry in ``local_idx``.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    local_idx = np.asarray(local_idx, dtype=np.int64)
+    if (local_idx < 0).any():
+        raise ValueError("label_map needs every new channel to copy an old one (no -1 in local_idx)")
+    lw = np.ones(len(local_idx)) if local_weight is None else np.asarray(local_weight, dtype=np.float64)
+    n = int(max(local_idx.max(initial=-1), labels.max(initial=-1))) + 1
+    order = np.argsort(local_idx, kind="stable")          # replicas grouped by source, increasing j
+    counts = np.bincount(local_idx, minlength=n)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    per = np.where(labels >= 0, counts[np.maximum(labels, 0)], 1)
+    idx = np.repeat(np.arange(len(labels), dtype=np.int64), per)
+    w = np.ones(len(idx))
+    starts = np.concatenate([[0], np.cumsum(per)[:-1]])
+    for p in np.nonzero(labels >= 0)[0]:
+        c = labels[p]
+        js = order[first[c]:first[c] + counts[c]]
+        w[starts[p]:starts[p] + len(js)] = lw[js]
+    return idx, w
+
+
 def split_columns_grouped(w: np.ndarray, idx: np.ndarray, weight: np.ndarray, groups: int) -> np.ndarray:
     """A grouped Conv's OIHW weight ``(C_out, C_in/G, kH, kW)`` for a new input layout ``idx``
     (length ``q``, kept in ``G`` blocks as :func:`grouped_widen_mapping` makes it): in group ``k``
@@ -280,7 +341,8 @@ def pool_factors(size_in: Sequence[int], size_out: Sequence[int]) -> tuple[list[
 
 
 __all__ = [
-    "SPLITS", "widen_mapping", "grouped_widen_mapping", "split_columns_grouped", "replica_split",
+    "SPLITS", "widen_mapping", "grouped_widen_mapping", "kronecker_mapping", "label_map",
+    "split_columns_grouped", "replica_split",
     "segment_map", "take_channels", "split_columns",
     "identity_conv_weight", "identity_batchnorm", "pad_kernel", "pool_factor", "pool_factors",
 ]

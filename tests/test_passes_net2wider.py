@@ -334,3 +334,73 @@ def test_draw_site_is_a_site_and_reaches_every_site(monkeypatch):
     monkeypatch.setattr(Net2Wider, "DRAW_TRIES", 0)   # the fallback lists the sites
     g, rng = residual_net(), np.random.default_rng(1)
     assert {str(p.draw_site(g, rng)) for _ in range(200)} == {str(s) for s in p.sites(g)}
+
+
+# ---------------------------------------------------------------------------------------------- size bound
+
+
+def big_head_net() -> Graph:
+    """conv c (64, on a 16 x 16 map) -> relu -> flatten (16384) -> fc1 (256) -> relu -> fc2 (10): ~4.2 M
+    parameters, mostly fc1; widening c by 4 adds 3 x 16384 x 256 columns to fc1 (~12.6 M)."""
+    b = GraphBuilder("bighead", (3, 16, 16))
+    h = b.flatten(b.relu(b.conv(b.input, 64, name="c")))
+    return b.build(b.gemm(b.relu(b.gemm(h, 256, name="fc1")), 10, name="fc2"))
+
+
+def test_explicit_factor_over_the_bound_is_refused_naming_factor_growth_and_bound():
+    g = big_head_net()
+    bound = g.param_count()
+    from nashir.passes.analysis import channel_flow
+    from nashir.passes.net2wider import new_params
+
+    grow4 = new_params(channel_flow(g, "c"), 256)
+    assert grow4 > bound
+    why = get_pass("net2wider", factor=4).check(g, NodeSite("c"))
+    assert f"factor 4 (64 -> 256 channels) would add {grow4:,} parameters" in why
+    assert f"over the bound of {bound:,}" in why and "smaller factor" in why
+    with pytest.raises(NotApplicable, match="factor 4"):
+        get_pass("net2wider", factor=4).apply(g.clone(), NodeSite("c"), 0)
+    assert get_pass("net2wider", factor=4, max_new_params=grow4).check(g, NodeSite("c")) is None
+    assert "width 100" in get_pass("net2wider", width=100, max_new_params=10).check(g, NodeSite("c"))
+
+
+def test_a_drawn_factor_over_the_bound_is_not_drawn():
+    g = big_head_net()
+    p = get_pass("net2wider", factors=(2, 4))
+    assert p.check(g, NodeSite("c")) is None   # factor 2 fits
+    for seed in range(8):
+        _, res = widen(g, "c", seed=seed, factors=(2, 4))
+        assert res.info["to"] == 128 and res.info["new_params"] <= g.param_count()
+    # when no factor fits, it is not a site
+    p = get_pass("net2wider", factors=(2, 4), max_new_params=1000)
+    assert "c" not in [s.node for s in p.sites(g)]
+    why = p.check(g, NodeSite("c"))
+    assert "factor 2" in why and "factor 4" in why and "over the bound of 1,000" in why
+
+
+def test_the_bound_is_checked_before_any_array_is_made(monkeypatch):
+    import nashir.passes.net2wider as N
+
+    g = big_head_net()
+    text = str(g)
+    monkeypatch.setattr(N, "remap_channels", lambda *a, **k: pytest.fail("arrays made over the bound"))
+    with pytest.raises(NotApplicable):
+        get_pass("net2wider", width=1 << 20).apply(g, NodeSite("c"), 0)
+    assert str(g) == text
+
+
+def test_new_params_is_the_applied_growth():
+    for g, node in [(big_head_net(), "c"), (residual_net(), "s"), (concat_net(), "p"), (plain_net(), "c2")]:
+        for factor in (2, 3):
+            from nashir.passes.analysis import channel_flow
+            from nashir.passes.net2wider import new_params
+
+            flow = channel_flow(g, node)
+            g2, res = widen(g, node, factor=factor, max_new_params=10**9)
+            grown = g2.param_count() - g.param_count()
+            assert res.info["new_params"] == new_params(flow, res.info["to"]) == grown
+
+
+def test_bad_max_new_params_is_refused():
+    with pytest.raises(PassError, match="max_new_params"):
+        get_pass("net2wider", max_new_params=-1)
