@@ -41,6 +41,9 @@ BLOCKER = "blocker"
 #: A grouped Conv (``1 < group``, not depthwise with multiplier 1): its input and output channels are
 #: tied to ``group`` blocks; it is widened by the same factor in every group (``nashir.passes``).
 GROUPED = "grouped"
+#: ConvTranspose (group 1): an absorber over its input channels (weight axis 0 of ``(C_in, C_out, kH,
+#: kW)``) and a producer over its output channels (weight axis 1), the axes swapped against Conv.
+TRANSPOSED = "transposed"
 
 
 @dataclass(frozen=True)
@@ -276,6 +279,74 @@ register_op(
         "Conv", 2, 3, _conv_infer, param_inputs=frozenset({1, 2}), attrs=_CONV_ATTRS,
         macs=_conv_macs, channel=_conv_channel,
         check=lambda attrs, name: _check_notset(attrs, name),
+    )
+)
+
+
+# --------------------------------------------------------------------------------------------
+# ConvTranspose
+
+
+def _convt_infer(attrs, shapes, consts):
+    """ONNX ConvTranspose: ``out = stride * (in - 1) + output_padding + (k - 1) * dilation + 1 -
+    pad_begin - pad_end`` per spatial axis (ONNX ConvTranspose-11 specification); weight
+    ``(C_in, C_out/group, kH, kW)``, output channels ``C_out = W.shape[1] * group``."""
+    x, w = shapes[0], shapes[1]
+    if x is None or len(x) < 3:
+        raise ShapeError(f"ConvTranspose input must be N x C x spatial..., got {_fmt(x)}")
+    nsp = len(x) - 2
+    _need_rank(w, nsp + 2, "ConvTranspose weight (C_in, C_out/group, kH, kW)")
+    group = attrs["group"]
+    if group < 1:
+        raise ShapeError(f"group must be >= 1, got {group}")
+    kernel = attrs.get("kernel_shape") or list(w[2:])
+    if list(kernel) != list(w[2:]):
+        raise ShapeError(f"kernel_shape {list(kernel)} does not match the weight's spatial dims "
+                         f"{list(w[2:])}")
+    if _is_int(x[1]) and w[0] != x[1]:
+        raise ShapeError(f"weight (C_in, C_out/group, kH, kW) {_fmt(w)} expects {w[0]} input channels, the "
+                         f"input has {x[1]}")
+    if w[0] % group:
+        raise ShapeError(f"input channels {w[0]} are not divisible by group={group}")
+    cout = w[1] * group
+    if len(shapes) > 2 and shapes[2] is not None and tuple(shapes[2]) != (cout,):
+        raise ShapeError(f"bias shape {_fmt(shapes[2])} must be [{cout}] (one per output channel)")
+    strides, dil, pads = _spatial_attrs(attrs, nsp, kernel)
+    opad = list(attrs.get("output_padding") or [0] * nsp)
+    if len(opad) != nsp or any(p < 0 or p >= s for p, s in zip(opad, strides)):
+        # torch also allows output_padding < dilation; onnxruntime only < stride
+        raise ShapeError(f"output_padding {opad} must have {nsp} values, each >= 0 and smaller than the "
+                         f"stride {strides} of its axis (onnxruntime's rule)")
+    out = [x[0], cout]
+    for i in range(nsp):
+        d = x[2 + i]
+        if not _is_int(d):
+            out.append(d)
+            continue
+        o = strides[i] * (d - 1) + opad[i] + (kernel[i] - 1) * dil[i] + 1 - pads[i] - pads[i + nsp]
+        if o < 1:
+            raise ShapeError(f"ConvTranspose pads {pads} leave no output on spatial axis {i} (size {o})")
+        out.append(o)
+    return [tuple(out)]
+
+
+def _convt_check(attrs, node_name):
+    _check_notset(attrs, node_name)
+    if attrs.get("output_shape"):
+        raise OpError(f"node {node_name!r} (ConvTranspose): output_shape={attrs['output_shape']} must be "
+                      "resolved to explicit pads in the IR; give pads (and output_padding) instead")
+
+
+register_op(
+    OpSpec(
+        "ConvTranspose", 2, 3, _convt_infer, param_inputs=frozenset({1, 2}),
+        attrs={**_CONV_ATTRS, "output_padding": AttrSpec("ints", None),
+               "output_shape": AttrSpec("ints", None)},
+        # every input element meets C_out/group * kH * kW weights
+        macs=lambda a, i, o: (_prod(i[0][1:]) * _prod(i[1][1:])
+                              if all(_is_int(d) for d in i[0][1:]) else 0),
+        channel=lambda node: TRANSPOSED if node.attrs["group"] == 1 else BLOCKER,
+        check=_convt_check, min_opset=11,
     )
 )
 
@@ -998,9 +1069,10 @@ def normalize_attrs(
             if a.default is REQUIRED:
                 raise OpError(f"node {node_name!r} ({op_type}): required attribute {k!r} is missing")
             out[k] = a.default
-    if op_type in ("Conv", "MaxPool", "AveragePool") and input_shapes and input_shapes[0] is not None:
+    if (op_type in ("Conv", "ConvTranspose", "MaxPool", "AveragePool") and input_shapes
+            and input_shapes[0] is not None):
         nsp = len(input_shapes[0]) - 2
-        if (op_type == "Conv" and out.get("kernel_shape") is None and len(input_shapes) > 1
+        if (op_type in ("Conv", "ConvTranspose") and out.get("kernel_shape") is None and len(input_shapes) > 1
                 and input_shapes[1]):
             out["kernel_shape"] = [int(d) for d in input_shapes[1][2:]]
         if nsp >= 1:
@@ -1010,6 +1082,8 @@ def normalize_attrs(
                 out["dilations"] = [1] * nsp
             if out.get("pads") is None:
                 out["pads"] = [0] * (2 * nsp)
+            if op_type == "ConvTranspose" and out.get("output_padding") is None:
+                out["output_padding"] = [0] * nsp
     if op_type == "Transpose" and out.get("perm") is None and input_shapes and input_shapes[0] is not None:
         out["perm"] = list(range(len(input_shapes[0])))[::-1]
     if op_type == "Slice" and out.get("starts") is not None:
@@ -1063,6 +1137,7 @@ __all__ = [
     "min_opset",
     "count_params", "param_values", "count_macs", "broadcast", "reshape_target", "window_out",
     "per_channel_const", "channel_aligned", "slice_range", "SLICE_TO_END", "PAD_MODES",
-    "conv_out_size", "GROUPED", "TRANSPARENT", "PER_CHANNEL", "ABSORBER", "FLATTEN", "CONCAT", "COUPLER",
+    "conv_out_size", "GROUPED", "TRANSPOSED", "TRANSPARENT", "PER_CHANNEL", "ABSORBER", "FLATTEN", "CONCAT",
+    "COUPLER",
     "BLOCKER",
 ]

@@ -11,6 +11,8 @@ per-channel    BatchNormalization, InstanceNormalization, PRelu, Mul/Add by a pe
                constant, depthwise Conv: follow; the op's per-channel arrays must be remapped too.
 absorber       Conv (group 1), Gemm: stop; the node's *input* weights (Conv OIHW axis 1, Gemm
                ``W[out, in]`` axis 1) must be remapped.
+transposed     ConvTranspose (group 1): an absorber whose input weights are axis 0 of its
+               ``(C_in, C_out, kH, kW)`` weight; as a producer its rows are axis 1.
 grouped        Conv with 1 < group (not depthwise): an absorber whose groups the new channel
                layout must keep (:attr:`ChannelFlow.groups`; ResNeXt, arXiv 1611.05431, 3.3).
 flatten        Flatten(axis=1): follow with a block size ``H*W``; in NCHW order channel ``c``
@@ -46,7 +48,7 @@ import numpy as np
 from nashir import ops as _ops
 from nashir.ir import Graph, Node, Value
 
-PRODUCER_OPS = ("Conv", "Gemm")
+PRODUCER_OPS = ("Conv", "Gemm", "ConvTranspose")
 
 _ACTIVATIONS = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "Dropout", "Identity", "Elu", "HardSigmoid",
                 "HardSwish", "PRelu"}
@@ -378,7 +380,7 @@ def _trace_back(value: Value, offset: int, block: int, n: int) -> list[Node]:
         if nd is None:
             raise _Stop(f"a residual sum couples it with {v.name!r}, a graph input, which cannot be widened")
         beh = _ops.get_op(nd.op_type).channel(nd)
-        if _is_producer(nd) and beh in (_ops.ABSORBER, _ops.GROUPED):
+        if _is_producer(nd) and beh in (_ops.ABSORBER, _ops.GROUPED, _ops.TRANSPOSED):
             w = _producer_width(nd)
             if o == 0 and w == n:
                 if all(f is not nd for f in found):
@@ -450,7 +452,7 @@ def _trace_back_positions(value: Value, positions: np.ndarray, n: int) -> list[N
             raise _Stop(f"a channel shuffle mixes the widened channels with {v.name!r}, a graph input, which "
                         "cannot be widened")
         beh = _ops.get_op(nd.op_type).channel(nd)
-        if _is_producer(nd) and beh in (_ops.ABSORBER, _ops.GROUPED):
+        if _is_producer(nd) and beh in (_ops.ABSORBER, _ops.GROUPED, _ops.TRANSPOSED):
             w = _producer_width(nd)
             if w != n:
                 raise _Stop(f"a channel shuffle mixes the widened {n} channels with those of {nd.name!r} "
@@ -536,6 +538,8 @@ def _sweep(graph: Graph, pos: dict[int, int], seeds: list[Value], n: int, couple
                    if v is not None and (id(v) in segs or id(v) in labs)]
         lab_in = [v for _, v in carried if id(v) in labs]
         beh = _ops.get_op(nd.op_type).channel(nd)
+        if beh == _ops.TRANSPOSED:   # ConvTranspose absorbs its input channels (weight axis 0)
+            beh = _ops.ABSORBER
         out: set[tuple[int, int]] | None = None
         cs = _channel_slice(nd, nd.inputs[0]) if permuted else None
         sh = channel_shuffle(nd) if permuted and nd.op_type == "Reshape" else None
@@ -719,7 +723,8 @@ def channel_flow(graph: Graph, source: Node | Value | str, couple: bool = True,
         n = _producer_width(nd)
         flow = ChannelFlow(nd.name, n or 0)
         if nd.op_type not in PRODUCER_OPS:
-            flow.reason = f"node {nd.name!r} is a {nd.op_type}; only Conv and Gemm produce channels to widen"
+            flow.reason = (f"node {nd.name!r} is a {nd.op_type}; only Conv, ConvTranspose and Gemm produce "
+                           "channels to widen")
             return flow
         if n is None:
             flow.reason = f"node {nd.name!r} has no known output width (shape {nd.outputs[0].shape})"

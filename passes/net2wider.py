@@ -16,7 +16,7 @@ from nashir.errors import GraphError, NashirError, NotApplicable, PassError
 from nashir.ir import Graph, Node
 from nashir.ops import slice_range
 
-from .analysis import ChannelFlow, channel_flow, grouped_conv_groups, new_params_bound
+from .analysis import PRODUCER_OPS, ChannelFlow, channel_flow, grouped_conv_groups, new_params_bound
 from .base import Pass, PassResult, Site, as_rng, register_pass
 from .transforms import (
     SPLITS,
@@ -69,6 +69,12 @@ def _private_const(graph: Graph, node: Node, i: int):
     return v
 
 
+def _out_axis(nd: Node) -> int:
+    """The weight axis of a node's output channels: 0 (Conv OIHW, Gemm ``W[out, in]``), 1 for
+    ConvTranspose's ``(C_in, C_out/group, kH, kW)``; its input channels are the other of axes 0, 1."""
+    return 1 if nd.op_type == "ConvTranspose" else 0
+
+
 def remap_channels(graph: Graph, flow: ChannelFlow, local_idx: np.ndarray,
                    local_weight: np.ndarray | None = None, producer_rows: bool = True) -> dict:
     """Change the source channels of ``flow`` from ``n`` to ``q = len(local_idx)``, in place.
@@ -119,8 +125,8 @@ def remap_channels(graph: Graph, flow: ChannelFlow, local_idx: np.ndarray,
 
     attrs: list[tuple[Node, str, int]] = []
     if producer_rows:
-        for p in flow.producers:
-            put(p, 1, take_channels(cur(p, 1), local_idx, 0))
+        for p in flow.producers:   # ConvTranspose (C_in, C_out, kH, kW): its output channels are axis 1
+            put(p, 1, take_channels(cur(p, 1), local_idx, _out_axis(p)))
             if len(p.inputs) > 2 and p.inputs[2] is not None:
                 put(p, 2, take_channels(cur(p, 2), local_idx, -1))
     # segments of every carried value, gathered in one pass over flow.carried (flow.segments scans it
@@ -169,7 +175,7 @@ def remap_channels(graph: Graph, flow: ChannelFlow, local_idx: np.ndarray,
                                 f"{groups} groups of {a.node.name!r} ({e}); build it with "
                                 "grouped_widen_mapping(n, q, flow.groups, rng)") from None
         else:
-            put(a.node, 1, split_columns(cur(a.node, 1), idx, w, axis=1))
+            put(a.node, 1, split_columns(cur(a.node, 1), idx, w, axis=1 - _out_axis(a.node)))
     # Slices of the channel axis: in the in-place layout an old bound b becomes the number of new
     # elements before old element b
     new_attrs: list[tuple[Node, dict]] = []
@@ -242,7 +248,7 @@ def new_params(flow: ChannelFlow, q: int) -> int:
     rows = 0
     for p in flow.producers:
         w = p.inputs[1].const
-        rows += int(np.prod(w.shape[1:])) + (1 if len(p.inputs) > 2 and p.inputs[2] is not None else 0)
+        rows += w.size // w.shape[_out_axis(p)] + (1 if len(p.inputs) > 2 and p.inputs[2] is not None else 0)
     acc = 0
     seen: set[tuple[int, int]] = set()
     for a in flow.absorbers:
@@ -250,7 +256,7 @@ def new_params(flow: ChannelFlow, q: int) -> int:
             continue
         seen.add((id(a.node), a.input))
         w = a.node.inputs[1].const
-        acc += (w.shape[0] // grouped_conv_groups(a.node)) * int(np.prod(w.shape[2:])) * \
+        acc += (w.shape[_out_axis(a.node)] // grouped_conv_groups(a.node)) * int(np.prod(w.shape[2:])) * \
             flow.elements(a.node.inputs[a.input])
     for pc in flow.per_channel:
         if pc.axis is None or (id(pc.node), pc.input) in seen:
@@ -420,7 +426,7 @@ class Net2Wider(Pass):
         out: list[NodeSite] = []
         seen: set[int] = set()
         for nd in graph.nodes:
-            if nd.op_type not in ("Conv", "Gemm") or id(nd) in seen:
+            if nd.op_type not in PRODUCER_OPS or id(nd) in seen:
                 continue
             flow = channel_flow(graph, nd, permuted=True)
             seen.update(id(p) for p in flow.producers)
@@ -443,7 +449,7 @@ class Net2Wider(Pass):
         """
         if type(self).sites is not Net2Wider.sites:
             return super().draw_site(graph, rng)
-        cands = [nd for nd in graph.nodes if nd.op_type in ("Conv", "Gemm")]
+        cands = [nd for nd in graph.nodes if nd.op_type in PRODUCER_OPS]
         pos: dict[int, int] | None = None
         for _ in range(self.DRAW_TRIES if cands else 0):
             nd = cands[int(rng.integers(len(cands)))]

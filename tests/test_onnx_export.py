@@ -55,6 +55,10 @@ def _graph_all_ops():
     sc = g.add_const(np.linspace(0.5, 2, 16).astype(np.float32), "in_s")
     bi = g.add_const(np.linspace(-1, 1, 16).astype(np.float32), "in_b")
     k = g.add_node("InstanceNormalization", [k, sc, bi], {"epsilon": 1e-3}).output
+    wt = g.add_const(np.random.default_rng(5).normal(0, 0.2, (16, 16, 3, 3)).astype(np.float32), "ct_w")
+    k = g.add_node("ConvTranspose", [k, wt, g.add_const(np.linspace(-1, 1, 16).astype(np.float32), "ct_b")],
+                   {"strides": [2, 1], "pads": [1, 0, 0, 2], "output_padding": [1, 0], "dilations": [1, 2]},
+                   name="ct").output
     k = b.op("Pad", k, pads=[0, 0, 1, 0, 0, 0, 0, 2], mode="reflect")
     k = b.op("Pad", k, pads=[0, 0, 0, 1, 0, 0, 1, 0], mode="constant", value=0.5)
     k = b.op("Pad", k, pads=[0, 0, 1, 1, 0, 0, 1, 1], mode="edge")

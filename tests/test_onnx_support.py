@@ -105,6 +105,22 @@ def torch_reference(graph, x: np.ndarray) -> list[np.ndarray]:
         elif op == "LogSoftmax":
             z = ins[0] - ins[0].amax(a["axis"], keepdim=True)
             y = z - torch.log(torch.exp(z).sum(a["axis"], keepdim=True))
+        elif op == "ConvTranspose":   # scatter form, 2-D, group 1: y[i*s + k*d] += x[i] w[k] per axis
+            assert a["group"] == 1 and ins[0].dim() == 4
+            x0, w = ins[0], ins[1]
+            (sh_, sw_), (dh, dw), p, op_ = a["strides"], a["dilations"], a["pads"], a["output_padding"]
+            hh, ww = x0.shape[2], x0.shape[3]
+            kh, kw = w.shape[2], w.shape[3]
+            full = x0.new_zeros(x0.shape[0], w.shape[1], sh_ * (hh - 1) + dh * (kh - 1) + 1 + op_[0],
+                                sw_ * (ww - 1) + dw * (kw - 1) + 1 + op_[1])
+            for i in range(kh):
+                for j in range(kw):
+                    rows = slice(i * dh, i * dh + sh_ * (hh - 1) + 1, sh_)
+                    cols = slice(j * dw, j * dw + sw_ * (ww - 1) + 1, sw_)
+                    full[:, :, rows, cols] += torch.einsum("nchw,cd->ndhw", x0, w[:, :, i, j])
+            y = full[:, :, p[0]:full.shape[2] - p[2], p[1]:full.shape[3] - p[3]]
+            if len(ins) > 2 and ins[2] is not None:
+                y = y + ins[2].view(1, -1, 1, 1)
         elif op == "InstanceNormalization":
             sp = tuple(range(2, ins[0].dim()))
             sh = (1, -1) + (1,) * (ins[0].dim() - 2)

@@ -82,7 +82,7 @@ _DATA_OPS = {
     "LRN", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Transpose", "Softmax",
     "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Sum", "Concat", "ReduceMean", "Squeeze", "Pad",
     "Elu", "HardSigmoid", "HardSwish", "PRelu", "GlobalMaxPool", "LogSoftmax", "InstanceNormalization",
-    "Slice", "Split", "ReduceMax",
+    "Slice", "Split", "ReduceMax", "ConvTranspose",
 }
 
 
@@ -1177,6 +1177,33 @@ class _Importer:
         attrs = {"kernel_shape": kernel, "strides": strides, "dilations": dil, "pads": pads,
                  "group": a.get("group", 1)}
         return self.emit1(node, "Conv", ins, attrs)
+
+    def _op_ConvTranspose(self, node, a):
+        """ConvTranspose with explicit pads (``auto_pad`` NOTSET or VALID) and ``output_padding``;
+        weight ``(C_in, C_out/group, kH, kW)`` kept as it is. ``output_shape`` and ``auto_pad``
+        SAME_* (whose pad split onnxruntime and the specification disagree on) are refused."""
+        x = self.data(node, 0)
+        w = self.param(node, 1, "weight W")
+        b = self.param(node, 2, "bias B", required=False)
+        nsp = w.ndim - 2
+        mode = a.get("auto_pad", b"NOTSET")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        if mode not in ("NOTSET", "VALID"):
+            raise self.fail(f"node {_node_label(node)!r} (ConvTranspose): auto_pad={mode} is not supported; "
+                            "export it with explicit pads (torch.onnx does)")
+        if a.get("output_shape"):
+            raise self.fail(f"node {_node_label(node)!r} (ConvTranspose): output_shape="
+                            f"{list(a['output_shape'])} is not supported; export it with explicit pads and "
+                            "output_padding")
+        ins = [x, self.const_value(node.input[1])]
+        if b is not None:
+            ins.append(self.const_value(node.input[2]))
+        attrs = {"kernel_shape": list(a.get("kernel_shape", w.shape[2:])),
+                 "strides": list(a.get("strides", [1] * nsp)),
+                 "dilations": list(a.get("dilations", [1] * nsp)),
+                 "pads": [0] * (2 * nsp) if mode == "VALID" else list(a.get("pads", [0] * (2 * nsp))),
+                 "output_padding": list(a.get("output_padding", [0] * nsp)), "group": a.get("group", 1)}
+        return self.emit1(node, "ConvTranspose", ins, attrs)
 
     def _pool(self, node, a, op):
         x = self.data(node, 0)

@@ -18,6 +18,10 @@ Lowering of each op (ONNX semantics, checked against onnxruntime in ``tests/test
 ===================== =======================================================================
 Conv                  ``nn.Conv{1,2,3}d`` (groups, dilations); asymmetric pads are applied with
                       ``F.pad`` before a conv without padding (:class:`PadConv2d` and kin).
+ConvTranspose         :class:`ConvTranspose`: ``F.conv_transpose{1,2,3}d`` without padding, then
+                      ``F.pad`` that appends ``output_padding`` and crops the (possibly
+                      asymmetric) pads, then the bias; weight ``(C_in, C_out/group, kH, kW)``, as
+                      ``nn.ConvTranspose2d.weight``.
 BatchNormalization    ``nn.BatchNorm{1,2,3}d`` with ``eps = epsilon`` and
                       ``momentum = 1 - onnx_momentum``: ONNX updates
                       ``running = running * m + batch * (1 - m)``, torch
@@ -86,6 +90,7 @@ __all__ = [
     "PadConv1d",
     "PadConv2d",
     "PadConv3d",
+    "ConvTranspose",
     "Pool",
     "LRN",
     "Binary",
@@ -227,6 +232,43 @@ class PadConv3d(_PrePad, nn.Conv3d):
 
 
 _CONV = {1: (nn.Conv1d, PadConv1d), 2: (nn.Conv2d, PadConv2d), 3: (nn.Conv3d, PadConv3d)}
+
+
+class ConvTranspose(nn.Module):
+    """ONNX ConvTranspose with explicit, possibly asymmetric pads and ``output_padding``.
+
+    ``y = crop(pad_end(conv_transpose(x, W), output_padding), pads) + b``: the full transposed
+    convolution (size ``stride * (in - 1) + (k - 1) * dilation + 1`` per axis) is extended by
+    ``output_padding`` zeros at the end of each axis and cropped by ``pads`` (begins, ends), which is
+    ONNX's output size ``stride * (in - 1) + output_padding + (k - 1) * dilation + 1 - pads``; the
+    bias is added everywhere, as in ONNX and ``nn.ConvTranspose2d``. Weight ``(C_in, C_out/group,
+    kH, kW)``.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, strides, dilations, pads,
+                 output_padding, group: int):
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+        self.bias = nn.Parameter(bias) if bias is not None else None
+        nsp = weight.dim() - 2
+        self.stride, self.dilation, self.groups = tuple(strides), tuple(dilations), int(group)
+        self.fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[nsp]
+        crop: list[int] = []
+        for d in reversed(range(nsp)):   # F.pad order: last axis first; negative values crop
+            crop += [-int(pads[d]), int(output_padding[d]) - int(pads[d + nsp])]
+        self.crop = tuple(crop)
+        self.nsp = nsp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        y = self.fn(x, self.weight, None, self.stride, 0, 0, self.groups, self.dilation)
+        if any(self.crop):
+            y = F.pad(y, self.crop)
+        if self.bias is not None:
+            y = y + self.bias.reshape(1, -1, *([1] * self.nsp))
+        return y
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return f"stride={self.stride}, dilation={self.dilation}, groups={self.groups}, crop={self.crop}"
 _BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 
 
@@ -593,6 +635,17 @@ def _lower_conv(node: Node) -> Lowered:
         mod.weight = nn.Parameter(_tensor(w))
         if b is not None:
             mod.bias = nn.Parameter(_tensor(b.const).reshape(-1))
+    weights = [(1, "weight", True)] + ([(2, "bias", True)] if b is not None else [])
+    return Lowered(mod, [0], weights)
+
+
+@register_lowering("ConvTranspose")
+def _lower_conv_transpose(node: Node) -> Lowered:
+    a = node.attrs
+    b = node.inputs[2] if len(node.inputs) > 2 else None
+    bias = _tensor(b.const).reshape(-1) if b is not None else None
+    mod = ConvTranspose(_tensor(node.inputs[1].const), bias,
+                        a["strides"], a["dilations"], a["pads"], a["output_padding"], a["group"])
     weights = [(1, "weight", True)] + ([(2, "bias", True)] if b is not None else [])
     return Lowered(mod, [0], weights)
 
