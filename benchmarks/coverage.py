@@ -95,41 +95,21 @@ def _w(nd):
 
 
 def wider_growth(flow, q: int) -> int:
-    """Parameters net2wider adds when it widens ``flow`` from ``n`` to ``q``: the producers' new rows
-    (and biases), one more column block in every absorber per new channel (a grouped conv's columns
-    cover only its group's rows), one more entry per carried element in every per-channel array."""
-    from nashir.passes.analysis import grouped_conv_groups
+    """Parameters net2wider adds when it widens ``flow`` from ``n`` to ``q``
+    (:func:`nashir.passes.net2wider.new_params`: the producers' new rows and biases, a column per new
+    carried element in every absorber, an entry per new element in every per-channel array)."""
+    from nashir.passes.net2wider import new_params
 
-    per = 0
-    for p in flow.producers:
-        w = _w(p)
-        per += int(np.prod(w.shape[1:]))
-        if len(p.inputs) > 2 and p.inputs[2] is not None:
-            per += 1
-    seen = set()
-    for a in flow.absorbers:
-        w = _w(a.node)
-        rows = w.shape[0] // grouped_conv_groups(a.node)
-        per += rows * int(np.prod(w.shape[2:])) * a.block
-        seen.add(id(a.node))
-    done = set()
-    for pc in flow.per_channel:
-        if pc.axis is None or (id(pc.node), pc.input) in done:
-            continue
-        done.add((id(pc.node), pc.input))
-        arr = pc.node.inputs[pc.input].const
-        per += arr.size // arr.shape[pc.axis] * pc.block
-    return per * (q - flow.width)
+    return new_params(flow, q)
 
 
 def growth(graph, pname, p, site) -> int:
     """Parameters one morph of pass ``p`` at ``site`` adds (from shapes; nothing is applied)."""
     from nashir.passes import channel_flow
 
-    if pname == "net2wider":   # the largest factor the pass draws
-        flow = channel_flow(graph, site.node)
-        q = type(p)(factor=max(p.factors)).target_width(flow.width, None, flow.groups)
-        return wider_growth(flow, q)
+    if pname == "net2wider":   # the largest factor the pass draws there (those over the size bound are not)
+        flow = channel_flow(graph, site.node, permuted=True)
+        return wider_growth(flow, max(p._candidates(graph, flow)[0]))
     if pname == "net2deeper":   # the largest kernel it may draw there
         v = graph.find_value(site.value)
         return p.new_params(v, max(p.kernels_within(graph, v)))
@@ -168,7 +148,7 @@ def analyse(name: str, morph: bool = True, max_check: int = 2_000_000) -> dict:
     got = run(nashir.backends.onnx.model_bytes(g), x)[0]
     row["roundtrip"] = float(np.abs(got - want).max() / max(1.0, float(np.abs(want).max())))
     convs = [n for n in g.nodes if n.op_type == "Conv"]
-    layers = [n for n in g.nodes if n.op_type in ("Conv", "Gemm")]
+    layers = [n for n in g.nodes if n.op_type in ("Conv", "Gemm", "ConvTranspose")]
     louts = layer_outputs(g)
     rng = np.random.default_rng(0)
     row["passes"] = {}
@@ -181,7 +161,7 @@ def analyse(name: str, morph: bool = True, max_check: int = 2_000_000) -> dict:
         if pname == "net2wider":
             covered = set()
             for s in sites:
-                covered.update(q.name for q in channel_flow(g, s.node).producers)
+                covered.update(q.name for q in channel_flow(g, s.node, permuted=True).producers)
             entry.update(covered=len(covered), of=len(layers))
         elif pname == "widen-kernel":
             entry.update(covered=len(sites), of=len(convs))
@@ -209,8 +189,9 @@ def analyse(name: str, morph: bool = True, max_check: int = 2_000_000) -> dict:
             res = get_pass(pname, **opts).apply(g2, s, rng)
             g2.verify()
             if pname == "net2wider":
-                entry["growth_checked"] = (g2.param_count() - g.param_count()
-                                           == wider_growth(channel_flow(g, s.node), res.info["to"]))
+                flow = channel_flow(g, s.node, permuted=True)
+                grown = g2.param_count() - g.param_count()
+                entry["growth_checked"] = grown == wider_growth(flow, res.info["to"])
             rep = check_preservation(g, g2, n=2, runtimes=["onnxruntime"])
             entry["morph"] = {"site": str(s), "max_abs": rep.max_abs, "ratio": rep.max_abs / rep.tolerance,
                               "ok": bool(rep.ok)}

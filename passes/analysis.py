@@ -22,7 +22,11 @@ coupler        Add or Mul of two data tensors whose channels align (a residual s
                squeeze-and-excitation gate ``x * s``, Hu et al. arXiv 1709.01507 eq. 4): every
                operand must change identically, so the producers behind the other operand join
                the *producer group*.
-blocker        Reshape, Transpose, Softmax, LogSoftmax, LRN, Pad/Slice of the channel axis,
+shuffle        Reshape -> Transpose -> Reshape that permutes channels (ShuffleNet) and Slice
+               of the channel axis: followed only with ``permuted=True`` (net2wider), carrying
+               the channels at arbitrary positions (:attr:`ChannelFlow.labels`); a shuffle
+               couples every producer whose channels it mixes. Otherwise blockers.
+blocker        Reshape, Transpose, Softmax, LogSoftmax, LRN, Pad of the channel axis,
                graph outputs, anything else: not applicable, with the reason.
 =============  ============================================================================
 

@@ -171,7 +171,7 @@ def test_check_reports_an_approximate_pass_and_writes(model, plugin_dir, capsys)
 @pytest.mark.parametrize("args,message", [
     (["--widen", "c9"], ["--widen c9", "no node or output value named 'c9'", "did you mean", "'c1'"]),
     (["--widen", "fc"], ["--widen fc", "net2wider does not apply", "'fc' is a graph output"]),
-    (["--widen", "r1"], ["only Conv and Gemm"]),
+    (["--widen", "r1"], ["only Conv, ConvTranspose and Gemm"]),
     (["--widen", "c2", "--width", "6"], ["new width 6 is not larger than the current 6 channels of 'c2'"]),
     (["--widen", "c2", "--width", "3"], ["not larger"]),
     (["--skip-add", "r2:r1"], ["--skip-add r2:r1", "'r2' is not an ancestor of 'r1'"]),
