@@ -208,6 +208,8 @@ class ChannelFlow:
             element ``p`` holding source channel ``labels[p]`` (``-1``: another channel). Such a
             value is listed in ``carried`` (and its absorbers and per-channel arrays) with offset
             ``-1``.
+        label_blocks: for a permuted value after a Flatten, value name -> the columns each element
+            of ``labels`` owns (``H*W``; absent: 1).
         slices: the Slices of the channel axis that the flow passes (their bounds change).
         shuffles: the channel shuffles it passes (:class:`ChannelShuffle`; their shapes change).
     """
@@ -221,6 +223,7 @@ class ChannelFlow:
     reason: str | None = None
     groups: int = 1
     labels: dict[str, np.ndarray] = field(default_factory=dict)
+    label_blocks: dict[str, int] = field(default_factory=dict)
     slices: list[Node] = field(default_factory=list)
     shuffles: list[ChannelShuffle] = field(default_factory=list)
 
@@ -239,7 +242,7 @@ class ChannelFlow:
         """How many elements of ``value``'s axis 1 hold a source channel (each source channel once
         per segment, ``block`` elements each; or the labelled positions of a permuted value)."""
         if value.name in self.labels:
-            return int(np.count_nonzero(self.labels[value.name] >= 0))
+            return int(np.count_nonzero(self.labels[value.name] >= 0)) * self.label_blocks.get(value.name, 1)
         return sum(self.width * b for _, b in self.segments(value))
 
     def segments(self, value: Value) -> list[tuple[int, int]]:
@@ -500,11 +503,13 @@ def _trace_back_positions(value: Value, positions: np.ndarray, n: int) -> list[N
 def _sweep(graph: Graph, pos: dict[int, int], seeds: list[Value], n: int, couple: bool,
            producers: list[Node], permuted: bool = False, labs: dict[int, np.ndarray] | None = None,
            shuffles: list[ChannelShuffle] | None = None, slices: list[Node] | None = None,
+           lblk: dict[int, int] | None = None,
            ) -> tuple[dict[int, set], list[PerChannelArray], list[Absorber]]:
     segs: dict[int, set[tuple[int, int]]] = {id(v): {(0, 1)} for v in seeds}
     labs = {} if labs is None else labs   # permuted values: label per element of axis 1 (-1: not carried)
     shuffles = [] if shuffles is None else shuffles
     slices = [] if slices is None else slices
+    lblk = {} if lblk is None else lblk   # permuted values after a Flatten: columns per channel element
     outs = {id(v) for v in graph.outputs}
     heap: list[int] = []
     queued: set[int] = set()
@@ -519,6 +524,9 @@ def _sweep(graph: Graph, pos: dict[int, int], seeds: list[Value], n: int, couple
 
     def lab_of(v: Value) -> np.ndarray:
         if id(v) in labs:
+            if lblk.get(id(v), 1) != 1:
+                raise _Stop(f"{v.name!r} carries flattened columns of shuffled channels; a channel slice, "
+                            "shuffle or concat of it is not supported")
             return labs[id(v)]
         out = np.full(_int_dim(v, 1), -1, dtype=np.int64)
         for o, b in segs.get(id(v), ()):
@@ -528,8 +536,10 @@ def _sweep(graph: Graph, pos: dict[int, int], seeds: list[Value], n: int, couple
             out[o:o + n] = np.arange(n)
         return out
 
-    def put_labels(v: Value, lab: np.ndarray) -> None:
+    def put_labels(v: Value, lab: np.ndarray, block: int = 1) -> None:
         labs[id(v)] = lab
+        if block != 1:
+            lblk[id(v)] = block
         push(v)
 
     for v in seeds:
@@ -580,14 +590,22 @@ def _sweep(graph: Graph, pos: dict[int, int], seeds: list[Value], n: int, couple
                 why = _broadcast_reason(nd, nd.inputs[di])
                 if why is not None:
                     raise _Stop(why)
-                per_channel.extend(_per_channel_arrays(nd, nd.inputs[di], -1, 1))
-            put_labels(nd.outputs[0], labs[id(nd.inputs[di])])
+                per_channel.extend(_per_channel_arrays(nd, nd.inputs[di], -1, lblk.get(id(nd.inputs[di]), 1)))
+            put_labels(nd.outputs[0], labs[id(nd.inputs[di])], lblk.get(id(nd.inputs[di]), 1))
             continue
         if lab_in and beh == _ops.ABSORBER:
             for i, v in carried:
                 if i != 0:
                     raise _Stop(_blocker_reason(nd, v))
-                absorbers.append(Absorber(nd, 0, -1, 1))
+                absorbers.append(Absorber(nd, 0, -1, lblk.get(id(v), 1)))
+            continue
+        if lab_in and beh == _ops.FLATTEN:   # channel p owns columns p*H*W ... (p+1)*H*W - 1
+            x = nd.inputs[0]
+            spatial = x.shape[2:]
+            if not all(isinstance(d, (int, np.integer)) for d in spatial):
+                raise _Stop(f"{x.name!r} flows into Flatten {nd.name!r} with unknown spatial size {x.shape}")
+            hw = int(np.prod(spatial)) if len(spatial) else 1
+            put_labels(nd.outputs[0], labs[id(x)], lblk.get(id(x), 1) * hw)
             continue
         if lab_in and beh == _ops.CONCAT:
             put_labels(nd.outputs[0], np.concatenate([lab_of(x) if id(x) in segs or id(x) in labs
@@ -740,11 +758,12 @@ def channel_flow(graph: Graph, source: Node | Value | str, couple: bool = True,
     for _ in range(len(graph.nodes) + 1):
         cur_seeds = seeds + [p.outputs[0] for p in producers]
         labs: dict[int, np.ndarray] = {}
+        lblk: dict[int, int] = {}
         shuffles: list[ChannelShuffle] = []
         slices: list[Node] = []
         try:
             segs, per_channel, absorbers = _sweep(graph, pos, cur_seeds, n, couple, producers, permuted, labs,
-                                                  shuffles, slices)
+                                                  shuffles, slices, lblk)
         except _Restart as r:
             producers = producers + r.producers
             continue
@@ -774,6 +793,7 @@ def channel_flow(graph: Graph, source: Node | Value | str, couple: bool = True,
         flow.carried += [Carried(by_id[k], -1, 1) for k in sorted(labs, key=lambda k: _order(by_id[k], pos))]
         flow.carried.sort(key=lambda c: _order(c.value, pos))
         flow.labels = {by_id[k].name: lab for k, lab in labs.items()}
+        flow.label_blocks = {by_id[k].name: b for k, b in lblk.items()}
     flow.slices = slices
     flow.shuffles = shuffles
     flow.per_channel = per_channel

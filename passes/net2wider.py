@@ -141,7 +141,8 @@ def remap_channels(graph: Graph, flow: ChannelFlow, local_idx: np.ndarray,
         if v.name in flow.labels:
             key = ("labels", v.name)
             if key not in maps:
-                maps[key] = label_map(flow.labels[v.name], local_idx, local_weight)
+                maps[key] = label_map(flow.labels[v.name], local_idx, local_weight,
+                                      flow.label_blocks.get(v.name, 1))
             return maps[key]
         key = (int(v.shape[1]), tuple(sorted(segs_of.get(id(v), ()))))
         if key not in maps:

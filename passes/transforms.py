@@ -75,7 +75,7 @@ def kronecker_mapping(n: int, q: int) -> np.ndarray:
 
 
 def label_map(labels: np.ndarray, local_idx: np.ndarray,
-              local_weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+              local_weight: np.ndarray | None = None, block: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Channel map of a widened axis whose old elements hold source channels at arbitrary positions.
 
     Each old element ``p`` holding source channel ``c = labels[p] >= 0`` is replaced, in place, by
@@ -88,6 +88,8 @@ def label_map(labels: np.ndarray, local_idx: np.ndarray,
         local_idx: length ``q``; new source channel ``j`` copies old channel ``local_idx[j]``
             (no ``-1``: every new channel has a source).
         local_weight: length ``q`` factor per new channel (default 1).
+        block: elements of the axis per entry of ``labels`` (``H*W`` after a Flatten of an NCHW map:
+            entry ``p`` owns elements ``p*block ... p*block + block - 1``, which move as one block).
 
     Returns:
         ``(idx, weight)`` over the new axis: old element copied and its factor.
@@ -112,6 +114,9 @@ def label_map(labels: np.ndarray, local_idx: np.ndarray,
         c = labels[p]
         js = order[first[c]:first[c] + counts[c]]
         w[starts[p]:starts[p] + len(js)] = lw[js]
+    if block != 1:
+        idx = (idx[:, None] * block + np.arange(block)[None, :]).reshape(-1)
+        w = np.repeat(w, block)
     return idx, w
 
 

@@ -204,6 +204,20 @@ def test_widening_is_exact_on_random_inputs(node, factor, split, seed):
     assert res.info["new_params"] == g2.param_count() - g.param_count()
 
 
+def test_a_shuffled_stream_into_flatten_moves_whole_column_blocks():
+    """stream -> shuffle -> Flatten (4 x 4 map: 16 columns per channel) -> BN-free Gemm: each copy of
+    a channel takes its own block of 16 columns, split like the channel."""
+    b = GraphBuilder("flat", (3, 4, 4), seed=2)
+    c1, c2 = b.relu(b.conv(b.input, 3, name="c1")), b.relu(b.conv(b.input, 3, name="c2"))
+    h = b.flatten(shuffle(b, b.concat([c1, c2]), 2, "sh"))
+    g = b.build(b.gemm(h, 4, name="fc"))
+    g2, res = widen(g, "c1", factor=2, split="random", seed=1)
+    assert sorted(res.info["producers"]) == ["c1", "c2"]
+    assert g2.node("fc").inputs[1].const.shape == (4, 12 * 16)
+    assert res.info["new_params"] == g2.param_count() - g.param_count()
+    assert check_preservation(g, g2).ok
+
+
 def test_sequences_of_widenings_stay_exact():
     g = shufflenet(units=2, c=4, seed=7)
     rng = np.random.default_rng(7)
@@ -244,3 +258,75 @@ def test_new_params_is_the_growth_before_anything_is_made():
     flow = channel_flow(g, "u1_c", permuted=True)
     g2, res = widen(g, "u1_c", factor=4)
     assert new_params(flow, 24) == g2.param_count() - g.param_count() == res.info["new_params"]
+
+
+
+def _torch_shufflenet():
+    import torch
+    from torch import nn
+
+    def shuffle_t(x):
+        n, c, h, w = x.shape
+        return x.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+
+    def br(cin, c, stride):
+        return nn.Sequential(nn.Conv2d(cin, c, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+                             nn.Conv2d(c, c, 3, stride, 1, groups=c, bias=False), nn.BatchNorm2d(c),
+                             nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
+
+    class Net(nn.Module):   # torchvision's InvertedResidual, reduced: a stride-2 unit, then a stride-1 unit
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+            self.b1 = nn.Sequential(nn.Conv2d(8, 8, 3, 2, 1, groups=8, bias=False), nn.BatchNorm2d(8),
+                                    nn.Conv2d(8, 4, 1, bias=False), nn.BatchNorm2d(4), nn.ReLU())
+            self.b2, self.u1 = br(8, 4, 2), br(4, 4, 1)
+            self.fc = nn.Linear(8, 10)
+
+        def forward(self, x):
+            x = self.stem(x)
+            x = shuffle_t(torch.cat([self.b1(x), self.b2(x)], 1))
+            a, b = x.chunk(2, dim=1)
+            x = shuffle_t(torch.cat([a, self.u1(b)], 1))
+            return self.fc(x.mean((2, 3)))
+
+    torch.manual_seed(0)
+    m = Net().eval()
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.2, 0.2)
+                mod.running_var.uniform_(0.5, 2.0)
+    return m
+
+
+@pytest.mark.parametrize("keep_bn", [False, True])
+def test_a_torch_exported_shufflenet_is_widened_exactly(keep_bn):
+    """torch.onnx's form (x.chunk -> Split/Slice, view/transpose/view shuffle) imports into the
+    recognised pattern; widening a branch couples the three convs that write into the stream."""
+    from test_onnx_torch_roundtrip import _export
+
+    import nashir
+
+    g = nashir.load(_export(_torch_shufflenet(), "legacy", keep_bn))
+    last = [nd.name for nd in g.nodes if nd.op_type == "Conv"][-1]
+    flow = channel_flow(g, last, permuted=True)
+    assert flow.ok and len(flow.shuffles) == 2 and len(flow.producers) == 3, flow.reason
+    g2 = g.clone()
+    res = get_pass("net2wider", factor=2, split="random").apply(g2, NodeSite(last), np.random.default_rng(0))
+    g2.verify()
+    assert res.info["to"] == 8 and res.info["new_params"] == g2.param_count() - g.param_count()
+    assert check_preservation(g, g2).ok
+
+
+def test_a_unit_whose_stream_comes_from_one_wider_conv_is_refused():
+    """The stream of this unit is one 8-channel stem split in halves; its branch writes 4 channels.
+    Coupled producers must have one width, so neither is widened through the shuffle."""
+    from test_onnx_torch_roundtrip import ShuffleNetV2Block, _export
+
+    import nashir
+
+    g = nashir.load(_export(ShuffleNetV2Block().eval(), "legacy", False))
+    last = [nd.name for nd in g.nodes if nd.op_type == "Conv"][-1]
+    why = get_pass("net2wider").check(g, NodeSite(last))
+    assert "channel shuffle mixes the widened 4 channels" in why and "(Conv, 8 channels)" in why
