@@ -715,7 +715,12 @@ def read_idx(path: str | Path, ndim: int) -> np.ndarray:
                     f"{_IDX_MAX_ITEMS} items of at most {_IDX_MAX_SIDE} pixels a side"
                 )
             need = int(np.prod(dims))
-            body = f.read(need)
+            body = bytearray()  # read in pieces: f.read(need) would allocate the header's claim up front
+            while len(body) < need:
+                piece = f.read(min(need - len(body), 1 << 24))
+                if not piece:
+                    break
+                body += piece
             extra = f.read(1)
     except DataError:
         raise
@@ -731,7 +736,7 @@ def read_idx(path: str | Path, ndim: int) -> np.ndarray:
             f"{path}: {need} bytes of data expected after the header (shape {tuple(dims)}), but the file is "
             "longer; is it the right file?"
         )
-    return np.frombuffer(bytearray(body), dtype=np.uint8).reshape(dims)  # writable, owns its memory
+    return np.frombuffer(body, dtype=np.uint8).reshape(dims)  # writable, owns its memory
 
 
 def _load_idx_set(name: str, data_dir: str | Path | None) -> Dataset:
@@ -768,7 +773,12 @@ def _load_idx_set(name: str, data_dir: str | Path | None) -> Dataset:
                 f"{arrays[part + '_y_path']}: {len(y)} labels, but {arrays[part + '_x_path']} holds {len(x)} "
                 "images; the two files must come from the same release"
             )
-        if len(y) and int(y.max()) >= 10:
+        if len(x) == 0:
+            raise DataError(
+                f"{arrays[part + '_x_path']}: the file holds no images (its header says 0); "
+                "download the file again"
+            )
+        if int(y.max()) >= 10:
             raise DataError(
                 f"{arrays[part + '_y_path']}: label {int(y.max())} is out of range; {name} has classes 0..9"
             )

@@ -619,6 +619,9 @@ def test_idx_missing_folder_and_files_say_what_and_how(tmp_path, monkeypatch):
         ("train_y", idx_bytes(np.zeros(39, np.uint8)), "39 labels, but .* holds 40 images"),
         ("test_y", idx_bytes(np.full(10, 10, np.uint8)), "label 10 is out of range"),
         ("train_x", bytes([0, 0, 8, 3]) + struct.pack(">III", 2**31, 6, 6), "at most 10000000 items"),
+        # within the caps but claiming 168 TB: refused as truncated, never allocated (was a MemoryError)
+        ("train_x", bytes([0, 0, 8, 3]) + struct.pack(">III", 10**7, 4096, 4096) + bytes(100),
+         "truncated IDX file"),
     ],
 )
 def test_idx_faults_are_data_errors_naming_the_file(tmp_path, key, blob, match):
@@ -626,6 +629,16 @@ def test_idx_faults_are_data_errors_naming_the_file(tmp_path, key, blob, match):
     with pytest.raises(DataError, match=match) as ei:
         load_dataset("fashion-mnist", data_dir=tmp_path / "f")
     assert IDX_BASES[key] in str(ei.value)
+
+
+@pytest.mark.parametrize("part", ["train", "test"])
+def test_idx_files_without_images_are_data_errors(tmp_path, part):
+    # an empty test set used to pass the loader and crash the search (TypeError in the fingerprint)
+    empty = {f"{part}_x": idx_bytes(np.zeros((0, 6, 6), np.uint8)),
+             f"{part}_y": idx_bytes(np.zeros(0, np.uint8))}
+    write_idx_set(tmp_path / "f", overrides=empty)
+    with pytest.raises(DataError, match=IDX_BASES[f"{part}_x"] + r".gz: the file holds no images"):
+        load_dataset("fashion-mnist", data_dir=tmp_path / "f")
 
 
 def test_idx_corrupt_gzip_is_a_data_error(tmp_path):
