@@ -16,8 +16,8 @@ Variants (arXiv 1711.04528, Sec. 5.1 and Table 1; every one from the same start 
 * ``start-budget``   -- the start network alone, trained for as many epochs as the whole NASH search
                         trains in total (every candidate's epochs summed): equal epochs.
 
-The reduced size: the first ``--train`` images of the official training part (default 6 000), the
-first ``--val`` of the validation part (the last 10 000 training images; default 3 000), the full
+The reduced size: the first ``--train`` images of the official training part (default 5 000), the
+first ``--val`` of the validation part (the last 10 000 training images; default 2 500), the full
 official test set (10 000) for the figures; a start network of 16/32/64 channels; 3 steps x 4
 neighbours x 3 morphisms x 2 epochs, 4 epochs of pretraining and 6 of final training (34 epochs in
 all; the winner's lineage 16), bf16 autocast, children up to 6 M MACs. Each variant runs for every
@@ -235,8 +235,8 @@ def main(argv=None) -> int:
                     help="comma-separated, from: " + ", ".join(VARIANTS))
     ap.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds (default 5)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    ap.add_argument("--train", type=int, default=6_000, help="training images (default 6 000)")
-    ap.add_argument("--val", type=int, default=3_000, help="validation images (default 3 000)")
+    ap.add_argument("--train", type=int, default=5_000, help="training images (default 5 000)")
+    ap.add_argument("--val", type=int, default=2_500, help="validation images (default 2 500)")
     ap.add_argument("--data-dir", default=None, help="folder of the Fashion-MNIST IDX files")
     ap.add_argument("--plot-only", action="store_true", help="only summarise what --out holds")
     args = ap.parse_args(argv)
