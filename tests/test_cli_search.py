@@ -422,6 +422,13 @@ def test_changed_candidate_file_is_refused_on_resume(capsys, run_dir, tmp_path, 
     _refused(capsys, run, ["search", "--resume", "--out", str(run), "--quiet"], pat, f.name)
 
 
+def test_step_winner_that_is_not_a_trained_candidate_is_refused_on_resume(capsys, run_dir, tmp_path):
+    """A steps row naming no trained candidate was found only after the resume's log line was written."""
+    run = _copy_run(run_dir, tmp_path)
+    _sql(run, "INSERT OR REPLACE INTO steps (step, best, best_val_acc, finished) VALUES (1, 'nope', 0.5, 0)")
+    _refused(capsys, run, ["search", "--resume", "--out", str(run), "--quiet"], "step 1", "'nope'")
+
+
 def test_swapped_start_model_is_refused_on_resume(capsys, run_dir, tmp_path):
     run = _copy_run(run_dir, tmp_path)
     start = run / "candidates" / "start.onnx"

@@ -580,7 +580,13 @@ def _check_resumable(ledger: Ledger, stored_cfg: dict[str, Any], run_path: Path)
             + "\nResume with the run's own settings, or start a new run (--out)"
         )
     rows = ledger.candidates()
-    ledger.steps()
+    trained = {r["id"] for r in rows if r["status"] == STATUS_OK and r.get("onnx")}
+    for s in ledger.steps():
+        if s["best"] not in trained:   # the next step would make its children from it
+            raise SearchError(
+                f"ledger {ledger.path}: step {s['step']}'s best {s['best']!r} is not a trained candidate of "
+                "the run; the ledger was edited or damaged: restore it from a copy, or start a new run"
+            )
     for key in ("final", "test_acc_onnx"):
         ledger.get_meta(key)
     for r in rows:
