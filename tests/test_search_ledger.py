@@ -454,3 +454,22 @@ def test_json_columns_of_the_wrong_kind(tmp_path, column, value):
     with Ledger.open(run, readonly=True) as led:
         with pytest.raises(SearchError, match=rf"candidate 's1-c1' has a corrupt '{column}' column \(a JSON"):
             led.candidates()
+
+
+@pytest.mark.parametrize("column, value, what", [
+    ("val_acc", "'abc'", r"corrupt 'val_acc' column \('abc', expected a number\)"),
+    ("params", "'abc'", r"corrupt 'params' column"),
+    ("step", "'abc'", r"corrupt 'step' column"),
+    ("parent", "x'6162'", r"corrupt 'parent' column \(\"b'ab'\", expected text\)"),   # a BLOB
+    ("morphisms", """'[{"pass": 3}]'""", r"corrupt 'morphisms' column \(entry"),
+    ("morphisms", "'[1]'", r"corrupt 'morphisms' column \(entry '1'"),
+    ("history", "'[1]'", r"corrupt 'history' column \(entry '1'"),
+    ("history", """'[{"epoch": "a", "loss": 0.1}]'""", r"corrupt 'history' column \(entry"),
+])
+def test_rows_with_values_of_the_wrong_type_name_the_candidate(tmp_path, column, value, what):
+    """SQLite keeps any value in any column: an edited row is refused here, not a TypeError in the report."""
+    run = _run_with_candidate(tmp_path)
+    _sql(run, f"UPDATE candidates SET {column} = {value} WHERE id = 's1-c1'")
+    with Ledger.open(run, readonly=True) as led:
+        with pytest.raises(SearchError, match=rf"candidate 's1-c1' has a {what}"):
+            led.candidates()

@@ -96,6 +96,15 @@ CREATE TABLE steps (
 
 _JSON_COLS = ("morphisms", "history", "metrics")
 _JSON_KINDS = {"morphisms": list, "history": list, "metrics": dict}
+#: Column -> the Python types SQLite may hand back for it (SQLite stores any value in any column).
+_COL_TYPES = {
+    **dict.fromkeys(("step", "idx", "params", "macs", "seed", "epochs"), (int,)),
+    **dict.fromkeys(("val_acc", "test_acc", "train_seconds", "job_seconds", "created", "finished"),
+                    (int, float)),
+    **dict.fromkeys(("id", "kind", "parent", "reason", "onnx", "sha256"), (str,)),
+}
+#: Keys of a history entry that must be numbers (or null) when present.
+_HISTORY_NUMBERS = ("epoch", "loss", "train_acc", "val_acc", "lr", "seconds")
 #: meta keys stored as plain text (every other key holds JSON).
 _RAW_META = {"format", "schema_version", "created", "state"}
 #: Tables and the columns every readable ledger (schema 1 and up) has.
@@ -772,6 +781,25 @@ def _row(row: sqlite3.Row, path: Path | None = None) -> dict[str, Any]:
                 f"{type(d[k]).__name__}, expected a {kind.__name__}); the ledger is damaged: restore it "
                 "from a copy, or start a new run"
             )
+    bad = None
+    for k, types in _COL_TYPES.items():
+        v = d.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, types)):
+            want = "text" if str in types else "a number"
+            bad = f"a corrupt {k!r} column ({str(v)[:40]!r}, expected {want})"
+    for m in d.get("morphisms") or []:
+        if not (isinstance(m, dict) and isinstance(m.get("pass"), str)
+                and isinstance(m.get("site"), (str, type(None)))):
+            bad = f"a corrupt 'morphisms' column (entry {str(m)[:40]!r}, expected an object with text 'pass')"
+    for h in d.get("history") or []:
+        if not isinstance(h, dict) or any(
+            h.get(k) is not None and (isinstance(h[k], bool) or not isinstance(h[k], (int, float)))
+            for k in _HISTORY_NUMBERS
+        ):
+            bad = f"a corrupt 'history' column (entry {str(h)[:40]!r}, expected an object of numbers)"
+    if bad:
+        raise SearchError(f"ledger {path}: candidate {d.get('id')!r} has {bad}; the ledger is damaged: "
+                          "restore it from a copy, or start a new run")
     if d.get("status") not in STATUSES:
         raise SearchError(f"ledger {path}: candidate {d.get('id')!r} has an unknown status "
                           f"{d.get('status')!r}; the ledger is damaged")
