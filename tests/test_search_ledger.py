@@ -473,3 +473,15 @@ def test_rows_with_values_of_the_wrong_type_name_the_candidate(tmp_path, column,
     with Ledger.open(run, readonly=True) as led:
         with pytest.raises(SearchError, match=rf"candidate 's1-c1' has a {what}"):
             led.candidates()
+
+
+@pytest.mark.parametrize("column, value", [("best_val_acc", "'abc'"), ("finished", "'x'"), ("best", "x'00'")])
+def test_steps_rows_with_values_of_the_wrong_type(tmp_path, column, value):
+    """A text best_val_acc was a ValueError in --resume (after it had written) and in nashir report."""
+    run = _run_with_candidate(tmp_path)
+    with Ledger.open(run) as led:
+        led.finish_step(1, "s1-c1", 0.5)
+    _sql(run, f"UPDATE steps SET {column} = {value}")
+    with Ledger.open(run, readonly=True) as led:
+        with pytest.raises(SearchError, match=rf"step .* has a corrupt '{column}' column"):
+            led.steps()

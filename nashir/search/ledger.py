@@ -647,7 +647,15 @@ class Ledger:
 
     def steps(self) -> list[dict[str, Any]]:
         """Finished steps in order: ``{"step", "best", "best_val_acc", "finished"}``."""
-        return [dict(r) for r in self._con.execute("SELECT * FROM steps ORDER BY step").fetchall()]
+        rows = [dict(r) for r in self._con.execute("SELECT * FROM steps ORDER BY step").fetchall()]
+        for r in rows:
+            for k, types in (("step", (int,)), ("best", (str,)), ("best_val_acc", (int, float, type(None))),
+                             ("finished", (int, float))):
+                if not isinstance(r.get(k), types):
+                    raise SearchError(f"ledger {self.path}: step {r.get('step')!r} has a corrupt {k!r} "
+                                      f"column ({str(r.get(k))[:40]!r}); the ledger is damaged: restore it "
+                                      "from a copy, or start a new run")
+        return rows
 
     def step(self, step: int) -> dict[str, Any] | None:
         row = self._con.execute("SELECT * FROM steps WHERE step = ?", (int(step),)).fetchone()
