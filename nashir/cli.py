@@ -88,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
+    except OSError as e:   # a path the checks did not foresee (/proc for root): one line, no traceback
+        if os.environ.get("NASHIR_DEBUG"):
+            raise
+        where = f" {e.filename}" if e.filename else ""
+        click.echo(f"error: cannot access{where}: {e.strerror or e} ({type(e).__name__}); choose another "
+                   "path or fix its permissions (NASHIR_DEBUG=1 shows the traceback)", err=True)
+        return 1
     except click.UsageError as e:   # a bad flag or argument: one line, like every other error
         where = e.ctx.command_path if e.ctx is not None else "nashir"
         msg = " ".join(e.format_message().split())

@@ -65,3 +65,20 @@ def test_memory_error_with_debug_shows_the_traceback(model, monkeypatch):
     monkeypatch.setattr(B, "load", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
     with pytest.raises(MemoryError):
         main(["show", str(model)])
+
+
+def test_os_error_the_checks_did_not_foresee_is_one_line_exit_1(model, tmp_path, capsys, monkeypatch):
+    """``nashir report RUN -o /proc/x`` as root passes the writability check (root may write /proc), then
+    mkdir fails with ENOENT: that was a FileNotFoundError traceback."""
+    from nashir.search import report as R
+
+    def boom(*a, **k):
+        raise FileNotFoundError(2, "No such file or directory", "/proc/x")
+
+    monkeypatch.setattr(R, "write_report", boom)
+    run = tmp_path / "run"
+    run.mkdir()
+    assert main(["report", str(run), "-o", str(tmp_path / "rep")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "error: cannot access /proc/x: No such file or directory (FileNotFoundError)" in err
