@@ -424,8 +424,13 @@ def main() -> int:
     import torch
 
     from nashir.backends.torch.sgdr import resolve_device
+    from nashir.errors import NashirError
 
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except NashirError as e:   # e.g. --device cuda on a machine without CUDA: say so, no traceback
+        print(f"{e}; this check needs a GPU, `--smoke` runs it at toy sizes on the CPU", file=sys.stderr)
+        return 2
     bf16 = device.type == "cuda"
     args.precision = args.precision or ("bf16" if bf16 else "fp32")
     bf16 = args.precision == "bf16"
