@@ -29,3 +29,13 @@ def test_smoke_prints_every_section(tmp_path):
                  "(b) training images/s, grown", "(c) 2 candidates at once", "(d) NASH search",
                  "total wall time"):
         assert part in p.stdout, part
+
+
+def test_device_cuda_without_a_gpu_is_a_message_not_a_traceback():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    p = subprocess.run([sys.executable, str(SCRIPT), "--device", "cuda"], capture_output=True, text=True)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "CUDA is not available" in p.stderr and "--smoke" in p.stderr
